@@ -1,0 +1,327 @@
+"""A scripted, offline, deterministic stand-in for the models: NOT a language model.
+
+It exists so the whole loop (root turns, REPL cells, sub-calls, ledger) can be shown and tested with no
+network and no model. It is reached through litellm like any provider, as the custom provider
+``rlmbox-demo``: ``rlmbox-demo/root`` plays the root model on needle-in-a-haystack questions and
+``rlmbox-demo/sub`` answers sub-calls by regular expression.
+
+The root policy reads the conversation (its own earlier replies and the last REPL output) and answers with
+one sentence and one ```repl block:
+
+    turn 1  inspect   print the type, length and start of ``context``
+    turn 2  search    split ``context`` into ~200,000-character chunks, ask the sub-model about each
+                      with ``llm_query_batched``, keep the answers in ``answers``
+    turn 3  conclude  verify the candidate with one ``llm_query``, then ``FINAL_VAR("answer")``
+                      (or ``FINAL("not found")``)
+
+A step whose cell failed is retried once; after six turns it gives up with ``FINAL(...)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEMO_NOTICE",
+    "DEMO_PROVIDER",
+    "DEMO_ROOT_MODEL",
+    "DEMO_SUB_MODEL",
+    "MAX_TURNS",
+    "find_key",
+    "register_demo_provider",
+    "root_policy",
+    "sub_policy",
+]
+
+DEMO_PROVIDER = "rlmbox-demo"
+DEMO_ROOT_MODEL = f"{DEMO_PROVIDER}/root"
+DEMO_SUB_MODEL = f"{DEMO_PROVIDER}/sub"
+DEMO_NOTICE = (
+    "rlmbox-demo is a scripted, offline policy, not a language model: it follows a fixed "
+    "inspect / search / conclude plan for needle-in-a-haystack questions."
+)
+MAX_TURNS = 6
+CHUNK_CHARS = 200_000
+CHUNK_OVERLAP = 200
+NOT_FOUND = "NOT FOUND"
+
+_TAG = "[rlmbox-demo scripted policy, not a model]"
+_STEP_LINE = re.compile(re.escape(_TAG) + r" Step: (\w+)( \(retry\))?")
+_KEY = r"(\w[\w.-]*\w|\w)"
+_QUERY_LINE = re.compile(r"^\s*Query:\s*(.+)$", re.MULTILINE)
+_KEY_IN_QUESTION = re.compile(r"magic number for " + _KEY)
+_KEY_IN_PROMPT = re.compile(r"special magic number for " + _KEY)
+_ANY_NEEDLE = re.compile(r"special magic numbers for \S+ is: (\d{7})\b")
+_ERROR_OUTPUT = re.compile(
+    r"Traceback \(most recent call last\)|^\s*\w*(?:Error|Exception)\b.*", re.MULTILINE
+)
+
+
+# ---------------------------------------------------------------- the conversation, as the policy sees it
+
+
+def _text(content: Any) -> str:
+    """Message content as text (plain strings, or OpenAI-style lists of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def _role_texts(messages: Sequence[dict[str, Any]], role: str) -> list[str]:
+    return [_text(m.get("content")) for m in messages if m.get("role") == role]
+
+
+def find_key(messages: Sequence[dict[str, Any]]) -> str | None:
+    """The key asked about: from the ``Query: ...`` line of the first user message, else anywhere."""
+    users = _role_texts(messages, "user")
+    first = users[0] if users else ""
+    candidates = [m.group(1) for m in _QUERY_LINE.finditer(first)] + [first]
+    candidates += [t for m in messages for t in [_text(m.get("content"))] if m.get("role") != "assistant"]
+    for text in candidates:
+        match = _KEY_IN_QUESTION.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+@dataclass(frozen=True)
+class _Past:
+    """What the policy did on its earlier turns, read back from its own replies."""
+
+    turns: int
+    last_step: str | None
+    last_was_retry: bool
+    last_output: str
+
+
+def _read_past(messages: Sequence[dict[str, Any]]) -> _Past:
+    turns, last_step, last_was_retry, last_index = 0, None, False, -1
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        turns += 1
+        match = _STEP_LINE.search(_text(message.get("content")))
+        if match:
+            last_step, last_was_retry, last_index = match.group(1), bool(match.group(2)), index
+    later_users = [_text(m.get("content")) for m in messages[last_index + 1 :] if m.get("role") == "user"]
+    return _Past(turns, last_step, last_was_retry, later_users[-1] if later_users else "")
+
+
+def _error_line(output: str) -> str | None:
+    """The last error line of a REPL output, if it shows a Python error."""
+    if not _ERROR_OUTPUT.search(output):
+        return None
+    lines = [m.group(0).strip() for m in _ERROR_OUTPUT.finditer(output)]
+    return lines[-1][:200] if lines else "error"
+
+
+def _reply(step: str, reason: str, code: str, *, retry: bool = False) -> str:
+    head = f"{_TAG} Step: {step}{' (retry)' if retry else ''}. {reason}"
+    return f"{head}\n\n```repl\n{code.strip()}\n```"
+
+
+def _instruction(key: str | None) -> str:
+    if key is None:
+        return (
+            "Find any special magic number (a 7-digit number) in the text below. "
+            f"Reply with the number only, or {NOT_FOUND}."
+        )
+    return (
+        f"Find the special magic number for {key} in the text below. "
+        f"Reply with the 7-digit number only, or {NOT_FOUND}."
+    )
+
+
+# ---------------------------------------------------------------- one function per turn
+
+
+def inspect_turn() -> str:
+    """Turn 1: look at what ``context`` is before touching it."""
+    code = """
+print(type(context))
+print(len(context))
+print(context[:300] if isinstance(context, str) else repr(context)[:300])
+"""
+    return _reply("inspect", "First I look at the type, size and beginning of the context.", code)
+
+
+def search_turn(key: str | None) -> str:
+    """Turn 2: ask the sub-model about every chunk at once."""
+    code = f"""
+if isinstance(context, str):
+    text = context
+elif isinstance(context, (list, tuple)):
+    text = "\\n".join(str(part) for part in context)
+else:
+    text = str(context)
+n_chunks = max(2, -(-len(text) // {CHUNK_CHARS}))
+size = -(-len(text) // n_chunks)
+# Chunks overlap a little so a sentence cut at a border is still whole in one of them.
+chunks = [text[max(0, i * size - {CHUNK_OVERLAP}) : (i + 1) * size] for i in range(n_chunks)]
+instruction = {_instruction(key)!r}
+prompts = [instruction + "\\n\\n" + chunk for chunk in chunks]
+answers = llm_query_batched(prompts)
+for i, found in enumerate(answers):
+    if {NOT_FOUND!r} not in found:
+        print(i, found)
+print(len(chunks), "chunks searched")
+"""
+    what = f"the magic number for {key}" if key else "any magic number"
+    reason = f"The context is too long to read at once, so I ask the sub-model about {what} in each chunk."
+    return _reply("search", reason, code)
+
+
+def conclude_turn(key: str | None) -> str:
+    """Turn 3: verify the first candidate with one more sub-call and finish."""
+    code = f"""
+import re
+
+instruction = {_instruction(key)!r}
+candidates = []
+for i, found in enumerate(globals().get("answers") or []):
+    match = re.search(r"\\b\\d{{7}}\\b", str(found))
+    if match:
+        candidates.append((i, match.group(0)))
+if candidates:
+    index, answer = candidates[0]
+    check = llm_query(instruction + "\\n\\n" + chunks[index])
+    print("candidate", answer, "from chunk", index, "confirmed:", answer in check)
+    FINAL_VAR("answer")
+else:
+    print("no chunk reported a magic number")
+    FINAL("not found")
+"""
+    return _reply("conclude", "I verify the candidate on its chunk once, then answer.", code)
+
+
+def retry_turn(step: str, key: str | None, error: str) -> str:
+    """After a failed cell: say what failed, then run the same step once more."""
+    again = {"inspect": inspect_turn(), "search": search_turn(key), "conclude": conclude_turn(key)}[step]
+    code = again.split("```repl\n", 1)[1].rsplit("\n```", 1)[0]
+    diagnostic = f"print({f'The previous cell failed ({error}); retrying the {step} step once.'!r})\n"
+    return _reply(
+        step, "The previous cell raised an error, so I retry that step once.", diagnostic + code, retry=True
+    )
+
+
+def give_up_turn() -> str:
+    """The last resort: answer with whatever the kernel holds."""
+    code = """
+FINAL(str(globals().get("answer") or "not found"))
+"""
+    return _reply("give_up", "I am out of planned steps, so I answer with what I have.", code)
+
+
+_NEXT = {"inspect": "search", "search": "conclude"}
+
+
+def root_policy(messages: Sequence[dict[str, Any]]) -> str:
+    """The root model's next reply, decided from the conversation so far."""
+    past = _read_past(messages)
+    key = find_key(messages)
+    if past.turns >= MAX_TURNS:
+        return give_up_turn()
+    if past.last_step is None:
+        return inspect_turn()
+    error = _error_line(past.last_output)
+    if error is not None and not past.last_was_retry and past.last_step in ("inspect", "search", "conclude"):
+        return retry_turn(past.last_step, key, error)
+    following = _NEXT.get(past.last_step)
+    if following == "search":
+        return search_turn(key)
+    if following == "conclude":
+        return conclude_turn(key)
+    return give_up_turn()
+
+
+def sub_policy(prompt: str) -> str:
+    """The sub-model: the magic number for the key the prompt asks about, or ``NOT FOUND``."""
+    match = _KEY_IN_PROMPT.search(prompt)
+    if match is None:
+        found = _ANY_NEEDLE.search(prompt)
+    else:
+        needle = r"special magic numbers for " + re.escape(match.group(1)) + r" is: (\d{7})\b"
+        found = re.search(needle, prompt)
+    return found.group(1) if found else NOT_FOUND
+
+
+# ---------------------------------------------------------------- the litellm provider
+
+
+def _sub_reply(messages: Sequence[dict[str, Any]]) -> str:
+    return sub_policy("\n".join(_role_texts(messages, "user")))
+
+
+_POLICIES: dict[str, Callable[[Sequence[dict[str, Any]]], str]] = {"root": root_policy, "sub": _sub_reply}
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+@functools.cache
+def _provider() -> Any:
+    """The litellm ``CustomLLM`` serving the demo models (built lazily: litellm is slow to import)."""
+    from rlmbox.llm import load_litellm  # noqa: PLC0415 - avoids importing litellm at import time
+
+    litellm = load_litellm()
+    from litellm.llms.custom_llm import CustomLLMError  # noqa: PLC0415
+
+    class DemoPolicyLLM(litellm.CustomLLM):
+        """litellm provider ``rlmbox-demo``: scripted answers, never a network call."""
+
+        def completion(self, *args: Any, **kwargs: Any) -> Any:
+            model = str(kwargs.get("model") or "")
+            policy = _POLICIES.get(model.rsplit("/", 1)[-1])
+            if policy is None:
+                message = f"unknown demo model {model!r}; use {DEMO_ROOT_MODEL} or {DEMO_SUB_MODEL}"
+                raise CustomLLMError(status_code=404, message=message)
+            messages = list(kwargs.get("messages") or [])
+            text = policy(messages)
+            prompt_tokens = _tokens("".join(_text(m.get("content")) for m in messages))
+            completion_tokens = _tokens(text)
+            return litellm.ModelResponse(
+                id=f"chatcmpl-demo-{uuid.uuid4().hex[:16]}",
+                created=int(time.time()),
+                model=f"{DEMO_PROVIDER}/{model.rsplit('/', 1)[-1]}",
+                choices=[
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                usage=litellm.Usage(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                ),
+            )
+
+        async def acompletion(self, *args: Any, **kwargs: Any) -> Any:
+            return self.completion(*args, **kwargs)
+
+    return DemoPolicyLLM()
+
+
+_register_lock = threading.Lock()
+
+
+def register_demo_provider() -> None:
+    """Make ``rlmbox-demo/root`` and ``rlmbox-demo/sub`` callable through litellm; safe to call again."""
+    from rlmbox.llm import load_litellm  # noqa: PLC0415
+
+    litellm = load_litellm()
+    with _register_lock:
+        if any(item.get("provider") == DEMO_PROVIDER for item in litellm.custom_provider_map):
+            return
+        litellm.custom_provider_map.append({"provider": DEMO_PROVIDER, "custom_handler": _provider()})

@@ -1,0 +1,381 @@
+"""Model calls through litellm: the only module of rlmbox that imports litellm.
+
+litellm is imported lazily (it takes seconds), configured once to stay offline and quiet, and every error
+it raises is mapped here onto rlmbox's ``LLMError`` tree. Retries are done here, not by litellm or the
+OpenAI SDK, so that every attempt is counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import logging
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import structlog
+
+from rlmbox._exceptions import (
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMError,
+    LLMModelNotFoundError,
+    LLMRateLimitError,
+    LLMTimeoutError,
+)
+from rlmbox.config import LLMSettings
+
+__all__ = [
+    "Completion",
+    "LMClient",
+    "error_class_for",
+    "is_retryable",
+    "litellm_exception_types",
+    "load_litellm",
+    "map_litellm_error",
+    "retry_after_s",
+]
+
+log = structlog.get_logger()
+
+MAX_RETRY_AFTER_S = 60.0
+"""Longest wait honoured from a provider's Retry-After header."""
+MAX_BACKOFF_S = 60.0
+"""Longest wait between two attempts when the provider gives no Retry-After."""
+_TIMEOUT_GRACE_S = 5.0
+_MAX_DETAIL_CHARS = 300
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+_UNROUTABLE_MARKERS = ("LLM Provider NOT provided", "Unknown provider", "LiteLLMUnknownProvider")
+_DEMO_PREFIX = "rlmbox-demo/"
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+_ERROR_PREFIX = re.compile(r"^(?:(?:litellm\.)?[A-Za-z]*(?:Error|Exception|Timeout): )+")
+
+
+@functools.cache
+def load_litellm() -> ModuleType:
+    """Import and configure litellm once: local price table, no telemetry, no debug output."""
+    # Must be set before the first import, or litellm fetches its price table from the internet.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm  # noqa: PLC0415 - takes seconds; keep `rlmbox --help` fast
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.set_verbose = False
+    litellm.turn_off_message_logging = True
+    litellm.disable_hf_tokenizer_download = True
+    litellm.num_retries = None
+    if "LITELLM_LOG" not in os.environ:
+        for name in _LITELLM_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    return litellm
+
+
+@functools.cache
+def litellm_exception_types() -> tuple[type[BaseException], ...]:
+    """Every exception class litellm defines in ``litellm.exceptions`` or exports at its top level."""
+    litellm = load_litellm()
+    from litellm import exceptions  # noqa: PLC0415
+
+    found: dict[str, type[BaseException]] = {}
+    for module in (exceptions, litellm):
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("litellm")
+            ):
+                found[f"{value.__module__}.{value.__qualname__}"] = value
+    for value in getattr(litellm, "LITELLM_EXCEPTION_TYPES", ()):
+        found[f"{value.__module__}.{value.__qualname__}"] = value
+    return tuple(found[key] for key in sorted(found))
+
+
+@functools.cache
+def _caught_types() -> tuple[type[BaseException], ...]:
+    """What a call into litellm may raise that is the provider's fault, not rlmbox's."""
+    import httpx  # noqa: PLC0415
+    import openai  # noqa: PLC0415
+
+    return (*litellm_exception_types(), openai.OpenAIError, httpx.HTTPError, TimeoutError, ConnectionError)
+
+
+def error_class_for(exc_type: type[BaseException]) -> type[LLMError]:
+    """The rlmbox error class for an exception class from litellm, openai or httpx."""
+    import httpx  # noqa: PLC0415
+    import openai  # noqa: PLC0415
+
+    litellm = load_litellm()
+    if issubclass(exc_type, LLMError):
+        return exc_type
+    if issubclass(exc_type, openai.AuthenticationError | openai.PermissionDeniedError):
+        return LLMAuthError
+    if issubclass(exc_type, openai.NotFoundError | litellm.exceptions.LiteLLMUnknownProvider):
+        return LLMModelNotFoundError
+    if issubclass(exc_type, openai.RateLimitError):
+        return LLMRateLimitError
+    if issubclass(exc_type, openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
+        return LLMTimeoutError
+    if issubclass(exc_type, openai.BadRequestError | openai.UnprocessableEntityError):
+        return LLMBadRequestError
+    return LLMError
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Rate limits, timeouts, connection errors and server-side (5xx) failures are worth another try."""
+    import httpx  # noqa: PLC0415
+    import openai  # noqa: PLC0415
+
+    litellm = load_litellm()
+    if isinstance(exc, openai.BadRequestError | openai.AuthenticationError | openai.NotFoundError):
+        return False
+    if isinstance(
+        exc,
+        openai.RateLimitError
+        | openai.APIConnectionError  # includes APITimeoutError
+        | openai.InternalServerError
+        | litellm.exceptions.ServiceUnavailableError
+        | litellm.exceptions.BadGatewayError
+        | httpx.TransportError
+        | TimeoutError
+        | ConnectionError,
+    ):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status in _RETRYABLE_STATUS or status >= 500)
+
+
+def _detail(exc: BaseException, secret: str | None) -> str:
+    """The first line of the error's own text, without litellm's prefixes and without the API key."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if secret:
+        text = text.replace(secret, "***")
+    text = _ERROR_PREFIX.sub("", text)
+    if len(text) > _MAX_DETAIL_CHARS:
+        text = text[: _MAX_DETAIL_CHARS - 3] + "..."
+    return text
+
+
+def map_litellm_error(
+    exc: BaseException,
+    model: str,
+    *,
+    attempts: int = 1,
+    timeout_s: float | None = None,
+    api_key: str | None = None,
+) -> LLMError:
+    """Turn an exception raised by litellm (or openai/httpx beneath it) into rlmbox's error tree.
+
+    The message is one line, names the model, and has ``api_key`` masked if it appears.
+    """
+    cls = error_class_for(type(exc))
+    detail = _detail(exc, api_key)
+    if cls is LLMBadRequestError and any(marker in str(exc) for marker in _UNROUTABLE_MARKERS):
+        cls = LLMModelNotFoundError
+    tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
+    if cls is LLMAuthError:
+        message = f"the provider rejected the credentials for model {model!r} (check the API key): {detail}"
+    elif cls is LLMModelNotFoundError:
+        message = (
+            f"model {model!r} is unknown to the provider or cannot be routed; it must be a litellm "
+            f"model string like openai/gpt-5-mini: {detail}"
+        )
+    elif cls is LLMRateLimitError:
+        message = f"model {model!r} stayed rate limited after {tries}: {detail}"
+    elif cls is LLMTimeoutError:
+        within = f" within {timeout_s:g}s" if timeout_s is not None else ""
+        message = f"model {model!r} did not answer{within} ({tries}): {detail}"
+    elif cls is LLMBadRequestError:
+        message = f"the provider refused the request to model {model!r}: {detail}"
+    else:
+        message = f"call to model {model!r} failed after {tries}: {detail}"
+    return cls(message)
+
+
+def _headers_of(exc: BaseException) -> list[Any]:
+    """Response headers reachable from the exception or the exceptions it wraps."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for holder in (
+            getattr(current, "litellm_response_headers", None),
+            getattr(current, "headers", None),
+            getattr(getattr(current, "response", None), "headers", None),
+        ):
+            if holder:
+                found.append(holder)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the provider asked to wait (``retry-after-ms`` or ``Retry-After``), if it said so."""
+    for headers in _headers_of(exc):
+        lowered = {str(k).lower(): str(v) for k, v in dict(headers).items()}
+        if "retry-after-ms" in lowered:
+            try:
+                return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+            except ValueError:
+                pass
+        value = lowered.get("retry-after")
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = _parse_http_date(value)
+            if when is not None:
+                return max(0.0, when - time.time())
+    return None
+
+
+def _parse_http_date(value: str) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One successful model answer and what it cost."""
+
+    text: str
+    """The answer; "" when the provider returned no content."""
+    model: str
+    """The model string that was asked for."""
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    """From litellm's bundled price table; None when the model is not in it."""
+    duration_s: float
+    """Wall time of the whole call, retries and waits included."""
+    attempts: int
+
+
+class LMClient:
+    """Calls models through litellm with rlmbox's retry policy and error mapping."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._settings = settings
+        self._api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+
+    async def complete(
+        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+    ) -> Completion:
+        """Ask ``model`` for one answer, retrying transient failures; raises an ``LLMError`` subclass.
+
+        ``rlmbox-demo/...`` models (the scripted offline policy) are registered with litellm on first use.
+        """
+        litellm = load_litellm()
+        if model.startswith(_DEMO_PREFIX):
+            from rlmbox.demo.policy import register_demo_provider  # noqa: PLC0415
+
+            register_demo_provider()
+        timeout = timeout_s if timeout_s is not None else self._settings.request_timeout_s
+        kwargs = self._call_kwargs(model, messages, timeout)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(timeout + _TIMEOUT_GRACE_S):
+                    response = await litellm.acompletion(**kwargs)
+            except _caught_types() as exc:
+                retries_left = self._settings.max_retries - (attempt - 1)
+                if retries_left <= 0 or not is_retryable(exc):
+                    log.warning(
+                        "llm.call_failed",
+                        model=model,
+                        attempts=attempt,
+                        error_type=type(exc).__name__,
+                        retryable=is_retryable(exc),
+                    )
+                    raise map_litellm_error(
+                        exc, model, attempts=attempt, timeout_s=timeout, api_key=self._api_key
+                    ) from exc
+                delay = self._retry_delay(exc, attempt)
+                log.info(
+                    "llm.retry",
+                    model=model,
+                    attempt=attempt,
+                    error_type=type(exc).__name__,
+                    delay_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+                continue
+            return self._completion(response, model, attempts=attempt, started=started)
+
+    def _call_kwargs(self, model: str, messages: list[dict[str, str]], timeout: float) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(self._settings.completion_kwargs)
+        if self._settings.api_base is not None:
+            kwargs["api_base"] = self._settings.api_base
+        if self._api_key is not None:
+            kwargs["api_key"] = self._api_key
+        kwargs.update(
+            model=model,
+            messages=messages,
+            timeout=timeout,
+            stream=False,
+            # Retries happen in complete(); litellm's own (num_retries) and the OpenAI SDK's (max_retries)
+            # would multiply with them and hide attempts from the ledger.
+            num_retries=0,
+            max_retries=0,
+        )
+        return kwargs
+
+    def _retry_delay(self, exc: BaseException, attempt: int) -> float:
+        waited = retry_after_s(exc)
+        if waited is not None:
+            return min(waited, MAX_RETRY_AFTER_S)
+        backoff = self._settings.retry_backoff_s * 2 ** (attempt - 1)
+        return min(backoff, MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
+
+    def _completion(self, response: Any, model: str, *, attempts: int, started: float) -> Completion:
+        choices = getattr(response, "choices", None) or []
+        message = getattr(choices[0], "message", None) if choices else None
+        text = getattr(message, "content", None) or ""
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        completion = Completion(
+            text=text if isinstance(text, str) else str(text),
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=_cost_usd(response, model),
+            duration_s=time.monotonic() - started,
+            attempts=attempts,
+        )
+        log.debug(
+            "llm.completed",
+            model=model,
+            attempts=attempts,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=completion.cost_usd,
+            duration_s=round(completion.duration_s, 3),
+        )
+        return completion
+
+
+def _cost_usd(response: Any, model: str) -> float | None:
+    """Price of one response from litellm's bundled table, or None when the model is not in it."""
+    litellm = load_litellm()
+    try:
+        cost = litellm.completion_cost(completion_response=response, model=model)
+    # Boundary: for an unpriced model litellm raises anything from its own errors to a bare Exception.
+    except Exception as exc:
+        log.debug("llm.cost_unknown", model=model, error_type=type(exc).__name__)
+        return None
+    if not isinstance(cost, int | float) or cost < 0:
+        return None
+    return float(cost)

@@ -1,0 +1,56 @@
+"""Logging: structlog to stderr, readable on a terminal and JSON lines elsewhere, secrets redacted.
+
+The CLI calls ``configure_logging``. Library entry points call ``ensure_logging``, which configures a quiet
+default (warnings and errors only) unless the application has configured structlog itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = ["configure_logging", "ensure_logging", "redact_secrets"]
+
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+
+
+def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: mask values of secret-looking keys and key-shaped strings anywhere."""
+    for key, value in list(event.items()):
+        if _SECRET_KEY.search(key) and value is not None:
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = _SECRET_VALUE.sub("***", value)
+    return event
+
+
+def configure_logging(level: int = logging.WARNING, *, json_output: bool | None = None) -> None:
+    """Configure structlog for the process: stderr, ``level`` and up, JSON unless stderr is a terminal."""
+    if json_output is None:
+        json_output = not sys.stderr.isatty()
+    renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def ensure_logging() -> None:
+    """Give library use a quiet default unless the application configured structlog already."""
+    if not structlog.is_configured():
+        configure_logging(logging.WARNING)

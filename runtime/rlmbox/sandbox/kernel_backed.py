@@ -1,0 +1,187 @@
+"""What the Docker and local backends share: session directory, bridge, kernel connection, cell timeouts.
+
+A backend only says how to launch the kernel process, how to end it, and where the session directories
+appear to the kernel. Start-up, in order: bind the bridge, write the context and kernel files, launch, wait
+for the kernel's readiness signal (racing its exit and the start timeout), check and connect the sockets,
+pin them, load ``context`` and the helpers. No model code runs before the last step.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import structlog
+
+from rlmbox._exceptions import KernelDiedError, SandboxStartError, SandboxStartTimeout
+from rlmbox.bridge import BridgeServer
+from rlmbox.kernel import KernelConnection, RawCell
+from rlmbox.protocol import PROTOCOL_VERSION
+from rlmbox.sandbox.base import CellError, CellResult, KernelExit, SandboxBackend, SandboxState
+from rlmbox.sandbox.session_dir import SessionDir
+
+__all__ = ["KernelBackedSandbox"]
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class KernelBackedSandbox(SandboxBackend):
+    """A sandbox whose kernel is ``python -m rlmbox_kernel.launch`` talking Jupyter over ``ipc`` sockets."""
+
+    _session: SessionDir | None = None
+    _bridge: BridgeServer | None = None
+    _kernel: KernelConnection | None = None
+    _exited: asyncio.Future[KernelExit] | None = None
+
+    # -- what a backend provides ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def kernel_paths(self, session: SessionDir) -> tuple[str, str]:
+        """Where the kernel sees the session's read-only directory and its ipc directory."""
+
+    @abc.abstractmethod
+    async def _launch(self, session: SessionDir, exited: asyncio.Future[KernelExit]) -> None:
+        """Start the kernel process; resolve ``exited`` whenever it ends."""
+
+    @abc.abstractmethod
+    async def _terminate(self) -> None:
+        """End the kernel process and release what ``_launch`` created. Idempotent."""
+
+    async def _diagnostics(self) -> str:
+        """A few lines on why the kernel failed to start (e.g. its last log lines)."""
+        return ""
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        config = self.config
+        started = time.perf_counter()
+        self._session = session = SessionDir.create(config.runtime_dir)
+        self._bridge = BridgeServer(
+            session.bridge_socket,
+            token := secrets.token_urlsafe(32),
+            self.handler,
+            max_prompt_chars=config.max_prompt_chars,
+            max_batch_size=config.max_batch_size,
+        )
+        await self._bridge.start()
+        await asyncio.to_thread(session.write_context, self.context)
+        ro_dir, ipc_dir = self.kernel_paths(session)
+        host_connection = session.write_kernel_files(
+            ipc_dir,
+            {
+                "protocol": PROTOCOL_VERSION,
+                "token": token,
+                "max_prompt_chars": config.max_prompt_chars,
+                "max_batch_size": config.max_batch_size,
+                "max_final_chars": config.max_final_chars,
+            },
+        )
+        self._exited = asyncio.get_running_loop().create_future()
+        await self._launch(session, self._exited)
+        await self._until_ready(config.start_timeout_s)
+        session.check_kernel_sockets()
+        self._kernel = KernelConnection(host_connection, max_output_bytes=config.max_cell_output_bytes)
+        await self._race_exit(self._kernel.connect(config.start_timeout_s))
+        session.pin_kernel_sockets()
+        setup = await self._race_exit(
+            self._kernel.execute(f"__import__('rlmbox_kernel').install({ro_dir!r})", config.start_timeout_s)
+        )
+        if setup.error is not None or not setup.completed:
+            detail = setup.error[2] if setup.error else "timed out"
+            raise SandboxStartError(f"loading the context into the kernel failed: {detail}")
+        log.debug("sandbox.ready", session=session.session_id, seconds=round(time.perf_counter() - started, 3))
+
+    async def _until_ready(self, timeout: float) -> None:
+        assert self._bridge is not None
+        try:
+            await self._race_exit(asyncio.wait_for(self._bridge.ready.wait(), timeout))
+        except KernelDiedError as exc:
+            raise SandboxStartError(f"the kernel exited during start-up: {exc}{await self._diagnostics()}") from exc
+        except TimeoutError as exc:
+            message = f"the kernel did not become ready within {timeout:.0f}s{await self._diagnostics()}"
+            raise SandboxStartTimeout(message) from exc
+
+    async def _stop(self) -> None:
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
+        await self._terminate()
+        if self._bridge is not None:
+            await self._bridge.aclose()
+            self._bridge = None
+        if self._session is not None:
+            self._session.remove()
+            self._session = None
+
+    # -- cells ---------------------------------------------------------------------------------------
+
+    async def _execute(self, code: str, timeout: float) -> CellResult:
+        assert self._kernel is not None
+        started = time.perf_counter()
+        cell = await self._race_exit(self._kernel.execute(code, timeout))
+        if cell.completed:
+            return _to_result(cell, time.perf_counter() - started)
+        return await self._recover_from_timeout(cell, timeout, started)
+
+    async def _recover_from_timeout(self, cell: RawCell, timeout: float, started: float) -> CellResult:
+        """Interrupt the runaway cell; if the kernel does not come back, replace it."""
+        assert self._kernel is not None
+        grace = self.config.interrupt_grace_s
+        await self._race_exit(self._kernel.interrupt(grace))
+        if await self._race_exit(self._kernel.drain_until_idle(grace)):
+            message = f"the cell ran past its {timeout:g}s time limit and was interrupted"
+            return _to_result(cell, time.perf_counter() - started, timeout_message=message)
+        log.warning("sandbox.restart_after_timeout", session=self._session and self._session.session_id)
+        await self.restart()
+        message = (
+            f"the cell ran past its {timeout:g}s time limit and ignored the interrupt; the kernel was "
+            "restarted: every variable except `context` and the helpers is gone"
+        )
+        return _to_result(cell, time.perf_counter() - started, timeout_message=message, restarted=True)
+
+    async def _race_exit(self, work: Awaitable[T]) -> T:
+        """Await ``work`` unless the kernel dies first; then raise KernelDiedError."""
+        assert self._exited is not None
+        if self._exited.done():
+            raise self._death(self._exited.result())
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise self._death(self._exited.result())
+
+    def _death(self, exit_info: KernelExit) -> KernelDiedError:
+        if self.state is SandboxState.RUNNING:
+            self.state = SandboxState.DEAD
+        message = exit_info.describe(self.config.memory if self.config.backend == "docker" else None)
+        return KernelDiedError(message, exit_code=exit_info.exit_code, oom=exit_info.oom_killed)
+
+
+def _to_result(
+    cell: RawCell, duration: float, *, timeout_message: str | None = None, restarted: bool = False
+) -> CellResult:
+    error = CellError(*cell.error) if cell.error else None
+    if timeout_message is not None:
+        error = CellError("CellTimeout", timeout_message, f"CellTimeout: {timeout_message}")
+    return CellResult(
+        stdout=cell.stdout,
+        stderr=cell.stderr,
+        result=cell.result,
+        error=error,
+        final=cell.final,
+        duration_s=duration,
+        timed_out=timeout_message is not None,
+        kernel_restarted=restarted,
+        truncated_bytes=cell.dropped_bytes,
+        displays=cell.displays,
+    )

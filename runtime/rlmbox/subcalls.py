@@ -1,0 +1,90 @@
+"""Answers the kernel's ``llm_query`` calls: checks the model, charges the ledger, fans out concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from rlmbox._exceptions import BridgeError, BudgetExceeded, LLMError
+from rlmbox.ledger import Charge, Ledger
+from rlmbox.llm import LMClient
+from rlmbox.protocol import QueryOutcome
+from rlmbox.trajectory import TrajectoryWriter, text_digest
+
+__all__ = ["SubCallRouter"]
+
+log = structlog.get_logger(__name__)
+
+
+class SubCallRouter:
+    """The run's BridgeHandler. Only models the run configured may be named; each prompt is one sub-call."""
+
+    def __init__(
+        self,
+        lm: LMClient,
+        ledger: Ledger,
+        trajectory: TrajectoryWriter,
+        *,
+        default_model: str | None,
+        allowed_models: set[str],
+        max_concurrency: int,
+    ) -> None:
+        self._lm = lm
+        self._ledger = ledger
+        self._trajectory = trajectory
+        self._default_model = default_model
+        self._allowed = allowed_models
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self.iteration = 0
+
+    async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
+        chosen = model or self._default_model
+        if chosen is None:
+            raise BridgeError("llm_query is not available: no sub-model is configured")
+        if chosen not in self._allowed:
+            allowed = ", ".join(sorted(self._allowed))
+            raise BridgeError(f"model {chosen!r} is not configured for this run (allowed: {allowed})")
+        self._ledger.reserve_sub_calls(len(prompts))
+        batch = len(prompts)
+        return list(await asyncio.gather(*(self._one(chosen, prompt, i, batch) for i, prompt in enumerate(prompts))))
+
+    async def _one(self, model: str, prompt: str, index: int, batch: int) -> QueryOutcome:
+        async with self._limit:
+            started = time.perf_counter()
+            try:
+                self._ledger.check()
+                completion = await self._lm.complete(
+                    model, [{"role": "user", "content": prompt}], timeout_s=self._ledger.remaining_s()
+                )
+            except (LLMError, BudgetExceeded) as exc:
+                self._trajectory.write(
+                    "sub_call",
+                    iteration=self.iteration,
+                    model=model,
+                    index=index,
+                    batch=batch,
+                    prompt=text_digest(prompt),
+                    error=str(exc),
+                    duration_s=round(time.perf_counter() - started, 4),
+                )
+                return QueryOutcome(ok=False, error=str(exc))
+        self._ledger.record(
+            Charge(model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd)
+        )
+        self._trajectory.write(
+            "sub_call",
+            iteration=self.iteration,
+            model=model,
+            index=index,
+            batch=batch,
+            prompt=text_digest(prompt),
+            response=text_digest(completion.text),
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=completion.cost_usd,
+            attempts=completion.attempts,
+            duration_s=round(completion.duration_s, 4),
+        )
+        return QueryOutcome(ok=True, text=completion.text)

@@ -1,0 +1,58 @@
+"""The run's trajectory: one JSON line per event, flushed as it happens so a crash keeps what came before.
+
+Long texts (prompts, replies to sub-calls) are cut to a preview; their full length and SHA-256 are kept so
+two runs can still be compared. Nothing secret is written: settings go through ``model_dump`` with
+``SecretStr`` fields masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = ["TrajectoryWriter", "text_digest"]
+
+PREVIEW_CHARS = 2_000
+
+
+def text_digest(text: str, preview_chars: int = PREVIEW_CHARS) -> dict[str, Any]:
+    """A bounded stand-in for a long text: a preview, its length and its hash."""
+    return {
+        "chars": len(text),
+        "sha256": hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
+        "preview": text[:preview_chars],
+        "truncated": len(text) > preview_chars,
+    }
+
+
+class TrajectoryWriter:
+    """Appends events to a JSONL file; ``with TrajectoryWriter(path) as t: t.write("event", ...)``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: Any = None
+
+    def __enter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self._handle is None:
+            return
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._handle.flush()

@@ -1,0 +1,159 @@
+"""What model-written code sees in the REPL: ``context``, ``llm_query``, ``FINAL`` and friends."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rlmbox_kernel._bridge import BridgeClient
+from rlmbox_kernel._wire import BRIDGE_SOCKET, CONTEXT_JSON, CONTEXT_TEXT, FINAL_MIME, SESSION_FILE
+
+
+class LLMQueryError(RuntimeError):
+    """A sub-model call was refused or failed."""
+
+
+class BudgetExceededError(LLMQueryError):
+    """The run's sub-call budget does not allow this call."""
+
+
+class QueryFailed(str):  # noqa: SLOT000
+    """One failed item of ``llm_query_batched``: a string describing the failure, with ``.error``."""
+
+    error: str
+
+    def __new__(cls, error: str) -> QueryFailed:
+        item = super().__new__(cls, f"[llm_query failed: {error}]")
+        item.error = error
+        return item
+
+
+_ERRORS: dict[str, type[LLMQueryError]] = {
+    "BudgetExceededError": BudgetExceededError,
+    "LLMQueryError": LLMQueryError,
+    "ProtocolError": LLMQueryError,
+}
+_HIDDEN = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+def load_context(session_dir: Path) -> Any:
+    """Read the context the host wrote: JSON when it sent JSON, else text."""
+    json_path = session_dir / CONTEXT_JSON
+    if json_path.exists():
+        with json_path.open("rb") as handle:
+            return json.load(handle)
+    text_path = session_dir / CONTEXT_TEXT
+    if text_path.exists():
+        return text_path.read_text(encoding="utf-8")
+    return None
+
+
+def _as_answer(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _describe(value: Any) -> str:
+    kind = type(value).__name__
+    try:
+        return f"{kind}, len {len(value)}"
+    except TypeError:
+        return kind
+
+
+def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any]:
+    """The names to add to the REPL, bound to this session's bridge and limits."""
+    session = json.loads((session_dir / SESSION_FILE).read_text())
+    bridge = BridgeClient(str(session_dir / BRIDGE_SOCKET), session["token"])
+    max_prompt_chars: int = session["max_prompt_chars"]
+    max_batch_size: int = session["max_batch_size"]
+    max_final_chars: int = session["max_final_chars"]
+
+    def _query(prompts: list[str], model: str | None) -> list[dict[str, Any]]:
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts must be str, not {type(prompt).__name__}")
+            if len(prompt) > max_prompt_chars:
+                raise LLMQueryError(f"prompt of {len(prompt)} chars exceeds the {max_prompt_chars}-char limit")
+        if model is not None and not isinstance(model, str):
+            raise TypeError("model must be a str or None")
+        response = bridge.request("llm_query", prompts=prompts, model=model)
+        if not response.get("ok"):
+            error = response.get("error") or {}
+            raise _ERRORS.get(error.get("type"), LLMQueryError)(error.get("message", "llm_query failed"))
+        return response["results"]
+
+    def llm_query(prompt: str, model: str | None = None) -> str:
+        """Ask the sub-model one question; returns its answer. Raises LLMQueryError on failure."""
+        (outcome,) = _query([prompt], model)
+        if not outcome["ok"]:
+            raise LLMQueryError(outcome.get("error") or "llm_query failed")
+        return outcome["text"]
+
+    def llm_query_batched(prompts: Sequence[str], model: str | None = None) -> list[str]:
+        """Ask many questions concurrently; answers come back in order. A failed item is a QueryFailed."""
+        items = list(prompts)
+        if not items:
+            return []
+        if len(items) > max_batch_size:
+            raise LLMQueryError(f"{len(items)} prompts exceed the batch limit of {max_batch_size}")
+        outcomes = _query(items, model)
+        return [o["text"] if o["ok"] else QueryFailed(o.get("error") or "unknown error") for o in outcomes]
+
+    def FINAL(answer: Any) -> None:  # noqa: N802
+        """Give the final answer; the run ends after this cell."""
+        text = _as_answer(answer)
+        if len(text) > max_final_chars:
+            raise ValueError(f"final answer of {len(text)} chars exceeds the {max_final_chars}-char limit")
+        from IPython.display import publish_display_data
+
+        publish_display_data({FINAL_MIME: {"answer": text}, "text/plain": "[final answer recorded]"})
+
+    def FINAL_VAR(name: str) -> None:  # noqa: N802
+        """Give the value of the REPL variable ``name`` as the final answer."""
+        if not isinstance(name, str):
+            raise TypeError("FINAL_VAR takes the variable's name as a string, e.g. FINAL_VAR('answer')")
+        key = name.strip().strip("'\"")
+        if key not in user_ns:
+            raise NameError(f"FINAL_VAR: no variable named {key!r}; define it in a cell first")
+        FINAL(user_ns[key])
+
+    def SHOW_VARS() -> dict[str, str]:  # noqa: N802
+        """List the REPL's variables (name -> type and length) and print them."""
+        shown = {
+            name: _describe(value)
+            for name, value in user_ns.items()
+            if not name.startswith("_") and name not in _HIDDEN and name not in helpers
+        }
+        for name, description in shown.items():
+            print(f"{name}: {description}", file=sys.stdout)
+        return shown
+
+    helpers: dict[str, Callable[..., Any] | type] = {
+        "llm_query": llm_query,
+        "llm_query_batched": llm_query_batched,
+        "FINAL": FINAL,
+        "FINAL_VAR": FINAL_VAR,
+        "SHOW_VARS": SHOW_VARS,
+        "LLMQueryError": LLMQueryError,
+        "BudgetExceededError": BudgetExceededError,
+        "QueryFailed": QueryFailed,
+    }
+    return helpers
+
+
+def install(session_dir: str) -> None:
+    """Load ``context`` and the helpers into the running IPython shell's namespace."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    directory = Path(session_dir)
+    shell.user_ns.update(build_namespace(directory, shell.user_ns))
+    shell.user_ns["context"] = load_context(directory)
