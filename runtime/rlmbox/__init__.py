@@ -1,0 +1,56 @@
+"""rlmbox: Recursive Language Models with the model-written code locked in a hardened sandbox."""
+
+from rlmbox._exceptions import (
+    BridgeError,
+    BudgetExceeded,
+    ConfigError,
+    DockerUnavailableError,
+    ImageMissingError,
+    KernelDiedError,
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMError,
+    LLMModelNotFoundError,
+    LLMRateLimitError,
+    LLMTimeoutError,
+    RLMBoxError,
+    SandboxError,
+    SandboxStartError,
+    SandboxStartTimeout,
+)
+from rlmbox.config import VERSION, Limits, LLMSettings, SandboxConfig, Settings
+from rlmbox.rlm import RLM, RunResult
+from rlmbox.sandbox import AsyncSandbox, CellError, CellResult, FakeSandbox, Sandbox
+
+__version__ = VERSION
+
+__all__ = [
+    "RLM",
+    "AsyncSandbox",
+    "BridgeError",
+    "BudgetExceeded",
+    "CellError",
+    "CellResult",
+    "ConfigError",
+    "DockerUnavailableError",
+    "FakeSandbox",
+    "ImageMissingError",
+    "KernelDiedError",
+    "LLMAuthError",
+    "LLMBadRequestError",
+    "LLMError",
+    "LLMModelNotFoundError",
+    "LLMRateLimitError",
+    "LLMSettings",
+    "LLMTimeoutError",
+    "Limits",
+    "RLMBoxError",
+    "RunResult",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxError",
+    "SandboxStartError",
+    "SandboxStartTimeout",
+    "Settings",
+    "__version__",
+]

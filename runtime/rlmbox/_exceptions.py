@@ -1,21 +1,21 @@
 """Every error rlmbox raises on purpose.
 
-    RLMBoxError                       base: the CLI prints its message, no traceback
-    ├── ConfigError                   bad settings, bad context file, bad model name
-    ├── SandboxError                  something wrong with the sandbox itself
-    │   ├── DockerUnavailableError    the Docker daemon cannot be reached
-    │   ├── ImageMissingError         the sandbox image is not built
-    │   ├── SandboxStartError         the container or kernel did not come up
-    │   │   └── SandboxStartTimeout   ... within the start timeout (also a TimeoutError)
-    │   └── KernelDiedError           the kernel process ended during a session (OOM included)
-    ├── BridgeError                   the kernel sent the host something it refuses
-    ├── LLMError                      the model provider failed, after retries where they make sense
-    │   ├── LLMAuthError              bad or missing credentials
-    │   ├── LLMModelNotFoundError     the provider does not know the model
-    │   ├── LLMRateLimitError         rate limited past the retry budget
-    │   ├── LLMTimeoutError           the provider did not answer in time (also a TimeoutError)
-    │   └── LLMBadRequestError        the provider refused the request (context too long, ...)
-    └── BudgetExceeded                a limit of the run's ledger was reached
+RLMBoxError                       base: the CLI prints its message, no traceback
+├── ConfigError                   bad settings, bad context file, bad model name
+├── SandboxError                  something wrong with the sandbox itself
+│   ├── DockerUnavailableError    the Docker daemon cannot be reached
+│   ├── ImageMissingError         the sandbox image is not built
+│   ├── SandboxStartError         the container or kernel did not come up
+│   │   └── SandboxStartTimeout   ... within the start timeout (also a TimeoutError)
+│   └── KernelDiedError           the kernel process ended during a session (OOM included)
+├── BridgeError                   the kernel sent the host something it refuses
+├── LLMError                      the model provider failed, after retries where they make sense
+│   ├── LLMAuthError              bad or missing credentials
+│   ├── LLMModelNotFoundError     the provider does not know the model
+│   ├── LLMRateLimitError         rate limited past the retry budget
+│   ├── LLMTimeoutError           the provider did not answer in time (also a TimeoutError)
+│   └── LLMBadRequestError        the provider refused the request (context too long, ...)
+└── BudgetExceeded                a limit of the run's ledger was reached
 """
 
 from __future__ import annotations

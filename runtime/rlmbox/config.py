@@ -83,7 +83,9 @@ class SandboxConfig(BaseModel):
     def _short_enough(cls, value: Path) -> Path:
         # The longest socket path is "<runtime_dir>/<12 hex>/ipc/kernel-NNNNN" (about 32 bytes more).
         if len(os.fsencode(value)) > 64:
-            raise ValueError(f"runtime_dir {value} is too long for Unix socket paths (keep it under 64 bytes)")
+            raise ValueError(
+                f"runtime_dir {value} is too long for Unix socket paths (keep it under 64 bytes)"
+            )
         return value
 
 

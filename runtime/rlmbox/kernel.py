@@ -1,4 +1,4 @@
-"""The host's connection to a sandboxed IPython kernel over ZMQ ``ipc`` sockets (the only jupyter_client user).
+"""The host's connection to a sandboxed IPython kernel over ZMQ ``ipc`` sockets (sole jupyter_client user).
 
 The connection is made once, after the kernel has bound its sockets and before any untrusted code runs, with
 ZMQ reconnection disabled: if sandboxed code ever swapped a socket file, the host would not follow it.
@@ -59,7 +59,8 @@ class _Capped:
 class RawCell:
     """What the kernel published for one execute request (partial when ``completed`` is False)."""
 
-    def __init__(self, max_output_bytes: int) -> None:
+    def __init__(self, msg_id: str, max_output_bytes: int) -> None:
+        self.msg_id = msg_id
         self._stdout = _Capped(max_output_bytes)
         self._stderr = _Capped(max_output_bytes)
         self._limit = max_output_bytes
@@ -84,7 +85,9 @@ class RawCell:
     def absorb(self, kind: str, content: dict[str, Any]) -> None:
         """Take in one iopub message of this cell."""
         if kind == "stream":
-            (self._stdout if content.get("name") == "stdout" else self._stderr).add(str(content.get("text", "")))
+            (self._stdout if content.get("name") == "stdout" else self._stderr).add(
+                str(content.get("text", ""))
+            )
         elif kind in ("execute_result", "display_data"):
             data = content.get("data") or {}
             final = data.get(FINAL_MIME)
@@ -96,7 +99,11 @@ class RawCell:
                 self.displays.append(str(data["text/plain"])[: self._limit])
         elif kind == "error":
             traceback = strip_ansi("\n".join(str(line) for line in content.get("traceback", [])))
-            self.error = (str(content.get("ename", "Error")), str(content.get("evalue", "")), traceback[: self._limit])
+            self.error = (
+                str(content.get("ename", "Error")),
+                str(content.get("evalue", "")),
+                traceback[: self._limit],
+            )
 
 
 class KernelConnection:
@@ -125,8 +132,9 @@ class KernelConnection:
 
     async def execute(self, code: str, timeout: float) -> RawCell:
         """Run ``code``. A cell still running after ``timeout`` comes back with ``completed`` False."""
-        msg_id = self._client.execute(code, store_history=False, allow_stdin=False, stop_on_error=True)
-        cell = RawCell(self._max_output_bytes)
+        # stop_on_error would abort requests queued behind a failing cell; the host never queues any.
+        msg_id = self._client.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
+        cell = RawCell(msg_id, self._max_output_bytes)
         try:
             await asyncio.wait_for(self._collect(msg_id, cell), timeout)
         except TimeoutError:
@@ -142,15 +150,19 @@ class KernelConnection:
         with contextlib.suppress(TimeoutError):
             await self._reply(self._client.control_channel, message["header"]["msg_id"], timeout=timeout)
 
-    async def drain_until_idle(self, timeout: float) -> bool:
-        """After an interrupt: wait for the running cell to end. True if it did within ``timeout``."""
+    async def drain_until_idle(self, msg_id: str, timeout: float) -> bool:
+        """After an interrupt: wait for cell ``msg_id`` to end. True if it did within ``timeout``."""
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 message = await self._client.iopub_channel.get_msg(timeout=remaining)
             except queue.Empty:
                 return False
-            if message["msg_type"] == "status" and message["content"].get("execution_state") == "idle":
+            if (
+                message["msg_type"] == "status"
+                and message["content"].get("execution_state") == "idle"
+                and message["parent_header"].get("msg_id") == msg_id
+            ):
                 return True
         return False
 

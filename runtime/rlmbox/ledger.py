@@ -77,7 +77,9 @@ class Ledger:
         """Count a new root turn; raises BudgetExceeded when none is left."""
         self.check()
         if self.iterations >= self.limits.max_iterations:
-            raise BudgetExceeded(f"reached the limit of {self.limits.max_iterations} iterations", limit="iterations")
+            raise BudgetExceeded(
+                f"reached the limit of {self.limits.max_iterations} iterations", limit="iterations"
+            )
         self.iterations += 1
         return self.iterations
 
@@ -125,6 +127,8 @@ class Ledger:
                 f"spent ${self.cost_usd:.4f} of the ${limits.max_cost_usd:.4f} budget", limit="cost_usd"
             )
         if limits.max_wall_s is not None and self.elapsed_s >= limits.max_wall_s:
-            raise BudgetExceeded(f"ran out of the {limits.max_wall_s:g}s wall-clock budget", limit="wall_time")
+            raise BudgetExceeded(
+                f"ran out of the {limits.max_wall_s:g}s wall-clock budget", limit="wall_time"
+            )
         if self.parent is not None:
             self.parent.check()

@@ -32,8 +32,10 @@ from rlmbox._exceptions import (
 from rlmbox.config import LLMSettings
 
 __all__ = [
+    "DEFAULT_CONTEXT_CHARS",
     "Completion",
     "LMClient",
+    "context_window_chars",
     "error_class_for",
     "is_retryable",
     "litellm_exception_types",
@@ -48,6 +50,9 @@ MAX_RETRY_AFTER_S = 60.0
 """Longest wait honoured from a provider's Retry-After header."""
 MAX_BACKOFF_S = 60.0
 """Longest wait between two attempts when the provider gives no Retry-After."""
+DEFAULT_CONTEXT_CHARS = 100_000
+"""What ``context_window_chars`` assumes for a model litellm has no limits for."""
+USABLE_CHARS_PER_TOKEN = 3
 _TIMEOUT_GRACE_S = 5.0
 _MAX_DETAIL_CHARS = 300
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -62,14 +67,12 @@ def load_litellm() -> ModuleType:
     """Import and configure litellm once: local price table, no telemetry, no debug output."""
     # Must be set before the first import, or litellm fetches its price table from the internet.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm  # noqa: PLC0415 - takes seconds; keep `rlmbox --help` fast
+    import litellm
 
-    litellm.telemetry = False
-    litellm.suppress_debug_info = True
-    litellm.set_verbose = False
-    litellm.turn_off_message_logging = True
+    litellm.telemetry = False  # gone from recent litellm; kept off for older ones
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on errors
+    litellm.turn_off_message_logging = True  # prompts stay out of litellm's logging callbacks
     litellm.disable_hf_tokenizer_download = True
-    litellm.num_retries = None
     if "LITELLM_LOG" not in os.environ:
         for name in _LITELLM_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -80,7 +83,7 @@ def load_litellm() -> ModuleType:
 def litellm_exception_types() -> tuple[type[BaseException], ...]:
     """Every exception class litellm defines in ``litellm.exceptions`` or exports at its top level."""
     litellm = load_litellm()
-    from litellm import exceptions  # noqa: PLC0415
+    from litellm import exceptions
 
     found: dict[str, type[BaseException]] = {}
     for module in (exceptions, litellm):
@@ -99,16 +102,16 @@ def litellm_exception_types() -> tuple[type[BaseException], ...]:
 @functools.cache
 def _caught_types() -> tuple[type[BaseException], ...]:
     """What a call into litellm may raise that is the provider's fault, not rlmbox's."""
-    import httpx  # noqa: PLC0415
-    import openai  # noqa: PLC0415
+    import httpx
+    import openai
 
     return (*litellm_exception_types(), openai.OpenAIError, httpx.HTTPError, TimeoutError, ConnectionError)
 
 
 def error_class_for(exc_type: type[BaseException]) -> type[LLMError]:
     """The rlmbox error class for an exception class from litellm, openai or httpx."""
-    import httpx  # noqa: PLC0415
-    import openai  # noqa: PLC0415
+    import httpx
+    import openai
 
     litellm = load_litellm()
     if issubclass(exc_type, LLMError):
@@ -128,8 +131,8 @@ def error_class_for(exc_type: type[BaseException]) -> type[LLMError]:
 
 def is_retryable(exc: BaseException) -> bool:
     """Rate limits, timeouts, connection errors and server-side (5xx) failures are worth another try."""
-    import httpx  # noqa: PLC0415
-    import openai  # noqa: PLC0415
+    import httpx
+    import openai
 
     litellm = load_litellm()
     if isinstance(exc, openai.BadRequestError | openai.AuthenticationError | openai.NotFoundError):
@@ -273,14 +276,21 @@ class LMClient:
     ) -> Completion:
         """Ask ``model`` for one answer, retrying transient failures; raises an ``LLMError`` subclass.
 
+        ``timeout_s`` tightens the per-attempt limit for this call (e.g. to a run's remaining time);
+        ``settings.request_timeout_s`` always applies.
+
         ``rlmbox-demo/...`` models (the scripted offline policy) are registered with litellm on first use.
         """
         litellm = load_litellm()
         if model.startswith(_DEMO_PREFIX):
-            from rlmbox.demo.policy import register_demo_provider  # noqa: PLC0415
+            from rlmbox.demo.policy import register_demo_provider
 
             register_demo_provider()
-        timeout = timeout_s if timeout_s is not None else self._settings.request_timeout_s
+        timeout = self._settings.request_timeout_s
+        if timeout_s is not None:
+            timeout = min(timeout, timeout_s)
+        if timeout <= 0:
+            raise LLMTimeoutError(f"no time left to call model {model!r}")
         kwargs = self._call_kwargs(model, messages, timeout)
         started = time.monotonic()
         attempt = 0
@@ -379,3 +389,26 @@ def _cost_usd(response: Any, model: str) -> float | None:
     if not isinstance(cost, int | float) or cost < 0:
         return None
     return float(cost)
+
+
+def context_window_chars(model: str) -> int:
+    """About how many characters of prompt ``model`` reads in one call.
+
+    From the input-token limit in litellm's bundled table at ``USABLE_CHARS_PER_TOKEN`` (which leaves room
+    for instructions and the answer); ``DEFAULT_CONTEXT_CHARS`` when the model is not in the table.
+    """
+    litellm = load_litellm()
+    if model.startswith(_DEMO_PREFIX):
+        from rlmbox.demo.policy import register_demo_provider
+
+        register_demo_provider()
+    try:
+        info = litellm.get_model_info(model)
+    # Boundary: litellm signals an unknown model with its own errors or a bare Exception.
+    except Exception as exc:
+        log.debug("llm.context_window_unknown", model=model, error_type=type(exc).__name__)
+        return DEFAULT_CONTEXT_CHARS
+    tokens = info.get("max_input_tokens") or info.get("max_tokens")
+    if not isinstance(tokens, int) or tokens <= 0:
+        return DEFAULT_CONTEXT_CHARS
+    return tokens * USABLE_CHARS_PER_TOKEN

@@ -36,7 +36,11 @@ def context_summary(context: Any) -> str:
     if isinstance(context, list):
         sizes = [len(item) if isinstance(item, str | list | dict) else 1 for item in context]
         kinds = sorted({type(item).__name__ for item in context[:1000]})
-        shape = f"item lengths: min {min(sizes):,}, median {median(sizes):,.0f}, max {max(sizes):,}" if sizes else ""
+        shape = (
+            f"item lengths: min {min(sizes):,}, median {median(sizes):,.0f}, max {max(sizes):,}"
+            if sizes
+            else ""
+        )
         return f"`context` is a list of {len(context):,} items of type {', '.join(kinds) or '-'}; {shape}."
     if isinstance(context, dict):
         keys = list(context)[:20]
@@ -47,8 +51,8 @@ def context_summary(context: Any) -> str:
 
 def system_prompt(context: Any, *, sub_model: str | None, sub_model_chars: int, max_output_chars: int) -> str:
     sub = (
-        f"`llm_query` reaches the sub-model {sub_model}, which reads about {sub_model_chars:,} characters per "
-        "call: send it chunks that size or smaller, and many at once with `llm_query_batched`."
+        f"`llm_query` reaches the sub-model {sub_model}, which reads about {sub_model_chars:,} characters "
+        "per call: send it chunks that size or smaller, and many at once with `llm_query_batched`."
         if sub_model
         else "No sub-model is configured: `llm_query` raises LLMQueryError."
     )
@@ -105,7 +109,7 @@ def turn_feedback(descriptions: Sequence[str], iteration: int, max_iterations: i
 def no_code_reminder() -> str:
     return (
         "Your reply had no ```repl block and no final answer. Run code in a ```repl block, or finish with "
-        "FINAL(answer) / FINAL_VAR(\"variable_name\")."
+        'FINAL(answer) / FINAL_VAR("variable_name").'
     )
 
 

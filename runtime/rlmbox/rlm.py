@@ -120,10 +120,14 @@ class RLM:
                 **outcome.model_dump(),
             )
             writer.write("run_finished", **result.model_dump(mode="json", exclude={"trajectory"}))
-        log.info("run.finished", status=result.status, iterations=result.iterations, sub_calls=result.sub_calls)
+        log.info(
+            "run.finished", status=result.status, iterations=result.iterations, sub_calls=result.sub_calls
+        )
         return result
 
-    async def _run(self, context: ContextInput, query: str, ledger: Ledger, writer: TrajectoryWriter) -> _Outcome:
+    async def _run(
+        self, context: ContextInput, query: str, ledger: Ledger, writer: TrajectoryWriter
+    ) -> _Outcome:
         llm = self.settings.llm
         lm = self._lm or LMClient(llm)
         sub_model = llm.effective_sub_model
@@ -212,7 +216,9 @@ class _Turns:
         model = self.settings.llm.model
         assert model is not None
         completion = await self.lm.complete(model, messages, timeout_s=self.ledger.remaining_s())
-        self.ledger.record(Charge(model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd))
+        self.ledger.record(
+            Charge(model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd)
+        )
         self.writer.write(
             "root_call",
             iteration=iteration,
@@ -247,7 +253,9 @@ class _Turns:
                 stdout=text_digest(cell.stdout, 20_000),
                 stderr=text_digest(cell.stderr, 5_000),
                 result=cell.result,
-                error=None if cell.error is None else {"ename": cell.error.ename, "evalue": cell.error.evalue},
+                error=None
+                if cell.error is None
+                else {"ename": cell.error.ename, "evalue": cell.error.evalue},
                 final=cell.final,
                 duration_s=round(cell.duration_s, 4),
                 timed_out=cell.timed_out,
@@ -274,7 +282,9 @@ class _Turns:
 
     async def _recover_kernel(self, exc: KernelDiedError, iteration: int, index: int, code: str) -> str:
         self.restarts += 1
-        self.writer.write("kernel_died", iteration=iteration, index=index, code=code, reason=str(exc), oom=exc.oom)
+        self.writer.write(
+            "kernel_died", iteration=iteration, index=index, code=code, reason=str(exc), oom=exc.oom
+        )
         if self.restarts > self.settings.limits.max_kernel_restarts:
             raise KernelDiedError(f"{exc} (and the kernel was already restarted {self.restarts - 1} times)")
         log.warning("run.kernel_restart", reason=str(exc))
@@ -286,7 +296,9 @@ class _Turns:
         limit = self.settings.limits.max_iterations
         try:
             self.ledger.check()
-            reply = await self._ask_root([*messages, {"role": "user", "content": last_chance_message()}], limit + 1)
+            reply = await self._ask_root(
+                [*messages, {"role": "user", "content": last_chance_message()}], limit + 1
+            )
         except (BudgetExceeded, RLMBoxError):
             reply = ""
         text_final = find_text_final(reply)

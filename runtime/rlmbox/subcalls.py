@@ -48,7 +48,9 @@ class SubCallRouter:
             raise BridgeError(f"model {chosen!r} is not configured for this run (allowed: {allowed})")
         self._ledger.reserve_sub_calls(len(prompts))
         batch = len(prompts)
-        return list(await asyncio.gather(*(self._one(chosen, prompt, i, batch) for i, prompt in enumerate(prompts))))
+        return list(
+            await asyncio.gather(*(self._one(chosen, prompt, i, batch) for i, prompt in enumerate(prompts)))
+        )
 
     async def _one(self, model: str, prompt: str, index: int, batch: int) -> QueryOutcome:
         async with self._limit:

@@ -20,7 +20,7 @@ class BudgetExceededError(LLMQueryError):
     """The run's sub-call budget does not allow this call."""
 
 
-class QueryFailed(str):  # noqa: SLOT000
+class QueryFailed(str):
     """One failed item of ``llm_query_batched``: a string describing the failure, with ``.error``."""
 
     error: str
@@ -81,7 +81,9 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
             if not isinstance(prompt, str):
                 raise TypeError(f"prompts must be str, not {type(prompt).__name__}")
             if len(prompt) > max_prompt_chars:
-                raise LLMQueryError(f"prompt of {len(prompt)} chars exceeds the {max_prompt_chars}-char limit")
+                raise LLMQueryError(
+                    f"prompt of {len(prompt)} chars exceeds the {max_prompt_chars}-char limit"
+                )
         if model is not None and not isinstance(model, str):
             raise TypeError("model must be a str or None")
         response = bridge.request("llm_query", prompts=prompts, model=model)
@@ -107,7 +109,7 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
         outcomes = _query(items, model)
         return [o["text"] if o["ok"] else QueryFailed(o.get("error") or "unknown error") for o in outcomes]
 
-    def FINAL(answer: Any) -> None:  # noqa: N802
+    def FINAL(answer: Any) -> None:
         """Give the final answer; the run ends after this cell."""
         text = _as_answer(answer)
         if len(text) > max_final_chars:
@@ -116,7 +118,7 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
 
         publish_display_data({FINAL_MIME: {"answer": text}, "text/plain": "[final answer recorded]"})
 
-    def FINAL_VAR(name: str) -> None:  # noqa: N802
+    def FINAL_VAR(name: str) -> None:
         """Give the value of the REPL variable ``name`` as the final answer."""
         if not isinstance(name, str):
             raise TypeError("FINAL_VAR takes the variable's name as a string, e.g. FINAL_VAR('answer')")
@@ -125,7 +127,7 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
             raise NameError(f"FINAL_VAR: no variable named {key!r}; define it in a cell first")
         FINAL(user_ns[key])
 
-    def SHOW_VARS() -> dict[str, str]:  # noqa: N802
+    def SHOW_VARS() -> dict[str, str]:
         """List the REPL's variables (name -> type and length) and print them."""
         shown = {
             name: _describe(value)

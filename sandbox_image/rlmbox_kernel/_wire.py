@@ -1,4 +1,4 @@
-"""The kernel's copy of the bridge wire constants (``rlmbox.protocol`` on the host; a test keeps them equal)."""
+"""The kernel's copy of the bridge wire constants (host: ``rlmbox.protocol``; a test keeps them equal)."""
 
 from __future__ import annotations
 

@@ -29,14 +29,20 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CHUNK_CHARS",
     "DEMO_NOTICE",
     "DEMO_PROVIDER",
     "DEMO_ROOT_MODEL",
     "DEMO_SUB_MODEL",
     "MAX_TURNS",
+    "NOT_FOUND",
+    "conclude_code",
     "find_key",
+    "give_up_code",
+    "inspect_code",
     "register_demo_provider",
     "root_policy",
+    "search_code",
     "sub_policy",
 ]
 
@@ -51,6 +57,8 @@ MAX_TURNS = 6
 CHUNK_CHARS = 200_000
 CHUNK_OVERLAP = 200
 NOT_FOUND = "NOT FOUND"
+DEMO_INPUT_TOKENS = 100_000
+"""The window the demo models claim; the root's chunks stay well inside it."""
 
 _TAG = "[rlmbox-demo scripted policy, not a model]"
 _STEP_LINE = re.compile(re.escape(_TAG) + r" Step: (\w+)( \(retry\))?")
@@ -124,11 +132,6 @@ def _error_line(output: str) -> str | None:
     return lines[-1][:200] if lines else "error"
 
 
-def _reply(step: str, reason: str, code: str, *, retry: bool = False) -> str:
-    head = f"{_TAG} Step: {step}{' (retry)' if retry else ''}. {reason}"
-    return f"{head}\n\n```repl\n{code.strip()}\n```"
-
-
 def _instruction(key: str | None) -> str:
     if key is None:
         return (
@@ -141,22 +144,21 @@ def _instruction(key: str | None) -> str:
     )
 
 
-# ---------------------------------------------------------------- one function per turn
+# ---------------------------------------------------------------- one function per turn (the cell it writes)
 
 
-def inspect_turn() -> str:
+def inspect_code() -> str:
     """Turn 1: look at what ``context`` is before touching it."""
-    code = """
+    return """
 print(type(context))
 print(len(context))
 print(context[:300] if isinstance(context, str) else repr(context)[:300])
 """
-    return _reply("inspect", "First I look at the type, size and beginning of the context.", code)
 
 
-def search_turn(key: str | None) -> str:
-    """Turn 2: ask the sub-model about every chunk at once."""
-    code = f"""
+def search_code(key: str | None) -> str:
+    """Turn 2: ask the sub-model about every chunk at once; keep the answers in ``answers``."""
+    return f"""
 if isinstance(context, str):
     text = context
 elif isinstance(context, (list, tuple)):
@@ -175,14 +177,11 @@ for i, found in enumerate(answers):
         print(i, found)
 print(len(chunks), "chunks searched")
 """
-    what = f"the magic number for {key}" if key else "any magic number"
-    reason = f"The context is too long to read at once, so I ask the sub-model about {what} in each chunk."
-    return _reply("search", reason, code)
 
 
-def conclude_turn(key: str | None) -> str:
-    """Turn 3: verify the first candidate with one more sub-call and finish."""
-    code = f"""
+def conclude_code(key: str | None) -> str:
+    """Turn 3: verify the first candidate with one more sub-call, then finish."""
+    return f"""
 import re
 
 instruction = {_instruction(key)!r}
@@ -200,28 +199,37 @@ else:
     print("no chunk reported a magic number")
     FINAL("not found")
 """
-    return _reply("conclude", "I verify the candidate on its chunk once, then answer.", code)
 
 
-def retry_turn(step: str, key: str | None, error: str) -> str:
-    """After a failed cell: say what failed, then run the same step once more."""
-    again = {"inspect": inspect_turn(), "search": search_turn(key), "conclude": conclude_turn(key)}[step]
-    code = again.split("```repl\n", 1)[1].rsplit("\n```", 1)[0]
-    diagnostic = f"print({f'The previous cell failed ({error}); retrying the {step} step once.'!r})\n"
-    return _reply(
-        step, "The previous cell raised an error, so I retry that step once.", diagnostic + code, retry=True
-    )
-
-
-def give_up_turn() -> str:
-    """The last resort: answer with whatever the kernel holds."""
-    code = """
+def give_up_code() -> str:
+    """The last resort, after MAX_TURNS turns: answer with whatever the kernel holds."""
+    return """
 FINAL(str(globals().get("answer") or "not found"))
 """
-    return _reply("give_up", "I am out of planned steps, so I answer with what I have.", code)
 
 
-_NEXT = {"inspect": "search", "search": "conclude"}
+_STEPS: dict[str, tuple[str, Callable[[str | None], str]]] = {
+    "inspect": ("First I look at the type, size and beginning of the context.", lambda _: inspect_code()),
+    "search": (
+        "The context is too long to read at once, so I ask the sub-model about each chunk.",
+        search_code,
+    ),
+    "conclude": ("I verify the candidate on its chunk once, then answer.", conclude_code),
+    "give_up": ("I am out of planned steps, so I answer with what I have.", lambda _: give_up_code()),
+}
+_NEXT = {"inspect": "search", "search": "conclude", "conclude": "give_up", "give_up": "give_up"}
+
+
+def _reply(step: str, key: str | None, *, failed: str | None = None) -> str:
+    """One sentence naming the step, then its cell; after a failure the cell first says what failed."""
+    reason, code_for = _STEPS[step]
+    code = code_for(key).strip()
+    retry = ""
+    if failed is not None:
+        retry = " (retry)"
+        reason = "The previous cell raised an error, so I retry that step once."
+        code = f"print({f'The previous cell failed ({failed}); retrying the {step} step once.'!r})\n{code}"
+    return f"{_TAG} Step: {step}{retry}. {reason}\n\n```repl\n{code}\n```"
 
 
 def root_policy(messages: Sequence[dict[str, Any]]) -> str:
@@ -229,18 +237,13 @@ def root_policy(messages: Sequence[dict[str, Any]]) -> str:
     past = _read_past(messages)
     key = find_key(messages)
     if past.turns >= MAX_TURNS:
-        return give_up_turn()
+        return _reply("give_up", key)
     if past.last_step is None:
-        return inspect_turn()
+        return _reply("inspect", key)
     error = _error_line(past.last_output)
-    if error is not None and not past.last_was_retry and past.last_step in ("inspect", "search", "conclude"):
-        return retry_turn(past.last_step, key, error)
-    following = _NEXT.get(past.last_step)
-    if following == "search":
-        return search_turn(key)
-    if following == "conclude":
-        return conclude_turn(key)
-    return give_up_turn()
+    if error is not None and not past.last_was_retry and past.last_step != "give_up":
+        return _reply(past.last_step, key, failed=error)
+    return _reply(_NEXT.get(past.last_step, "give_up"), key)
 
 
 def sub_policy(prompt: str) -> str:
@@ -271,10 +274,10 @@ def _tokens(text: str) -> int:
 @functools.cache
 def _provider() -> Any:
     """The litellm ``CustomLLM`` serving the demo models (built lazily: litellm is slow to import)."""
-    from rlmbox.llm import load_litellm  # noqa: PLC0415 - avoids importing litellm at import time
+    from rlmbox.llm import load_litellm
 
     litellm = load_litellm()
-    from litellm.llms.custom_llm import CustomLLMError  # noqa: PLC0415
+    from litellm.llms.custom_llm import CustomLLMError
 
     class DemoPolicyLLM(litellm.CustomLLM):
         """litellm provider ``rlmbox-demo``: scripted answers, never a network call."""
@@ -317,11 +320,25 @@ _register_lock = threading.Lock()
 
 
 def register_demo_provider() -> None:
-    """Make ``rlmbox-demo/root`` and ``rlmbox-demo/sub`` callable through litellm; safe to call again."""
-    from rlmbox.llm import load_litellm  # noqa: PLC0415
+    """Make ``rlmbox-demo/root`` and ``rlmbox-demo/sub`` callable (and priced at $0) through litellm.
+
+    Safe to call again.
+    """
+    from rlmbox.llm import load_litellm
 
     litellm = load_litellm()
     with _register_lock:
         if any(item.get("provider") == DEMO_PROVIDER for item in litellm.custom_provider_map):
             return
         litellm.custom_provider_map.append({"provider": DEMO_PROVIDER, "custom_handler": _provider()})
+        # Free, and with a known window: the ledger shows $0 and the prompt states a real size.
+        entry = {
+            "max_input_tokens": DEMO_INPUT_TOKENS,
+            "max_output_tokens": 4096,
+            "max_tokens": 4096,
+            "input_cost_per_token": 0.0,
+            "output_cost_per_token": 0.0,
+            "litellm_provider": DEMO_PROVIDER,
+            "mode": "chat",
+        }
+        litellm.register_model({DEMO_ROOT_MODEL: entry, DEMO_SUB_MODEL: entry})

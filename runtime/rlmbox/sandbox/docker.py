@@ -150,7 +150,9 @@ def _remove(container: Container) -> None:
             raise
 
 
-def _watch_exit(container: Container, loop: asyncio.AbstractEventLoop, exited: asyncio.Future[KernelExit]) -> None:
+def _watch_exit(
+    container: Container, loop: asyncio.AbstractEventLoop, exited: asyncio.Future[KernelExit]
+) -> None:
     """Block until the container stops, then resolve ``exited`` on the loop's thread."""
     code: int | None = None
     oom = False

@@ -95,14 +95,18 @@ class KernelBackedSandbox(SandboxBackend):
         if setup.error is not None or not setup.completed:
             detail = setup.error[2] if setup.error else "timed out"
             raise SandboxStartError(f"loading the context into the kernel failed: {detail}")
-        log.debug("sandbox.ready", session=session.session_id, seconds=round(time.perf_counter() - started, 3))
+        log.debug(
+            "sandbox.ready", session=session.session_id, seconds=round(time.perf_counter() - started, 3)
+        )
 
     async def _until_ready(self, timeout: float) -> None:
         assert self._bridge is not None
         try:
             await self._race_exit(asyncio.wait_for(self._bridge.ready.wait(), timeout))
         except KernelDiedError as exc:
-            raise SandboxStartError(f"the kernel exited during start-up: {exc}{await self._diagnostics()}") from exc
+            raise SandboxStartError(
+                f"the kernel exited during start-up: {exc}{await self._diagnostics()}"
+            ) from exc
         except TimeoutError as exc:
             message = f"the kernel did not become ready within {timeout:.0f}s{await self._diagnostics()}"
             raise SandboxStartTimeout(message) from exc
@@ -134,7 +138,7 @@ class KernelBackedSandbox(SandboxBackend):
         assert self._kernel is not None
         grace = self.config.interrupt_grace_s
         await self._race_exit(self._kernel.interrupt(grace))
-        if await self._race_exit(self._kernel.drain_until_idle(grace)):
+        if await self._race_exit(self._kernel.drain_until_idle(cell.msg_id, grace)):
             message = f"the cell ran past its {timeout:g}s time limit and was interrupted"
             return _to_result(cell, time.perf_counter() - started, timeout_message=message)
         log.warning("sandbox.restart_after_timeout", session=self._session and self._session.session_id)

@@ -65,7 +65,7 @@ class LocalSandbox(KernelBackedSandbox):
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # its own process group, so an interrupt reaches its children too
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads are started in the child
+            preexec_fn=_die_with_parent,
         )
         self._watch = asyncio.create_task(_watch_exit(self._process, exited))
 

@@ -3,7 +3,7 @@
     <runtime_dir>/            0700, owned by the host user (checked: never a symlink, never someone else's)
       <session id>/           0700
         owner.json            pid and start time of the rlmbox process that owns the session (for reaping)
-        ro/                   0755  -> /rlmbox, mounted read-only: kernel.json, session.json, context, bridge.sock
+        ro/                   0755 -> /rlmbox (read-only): kernel.json, session.json, context, bridge.sock
         ipc/                  1777 until the kernel has bound its sockets, then 0755 -> /rlmbox-ipc
 
 Paths stay short: Unix socket paths are limited to about 107 bytes.

@@ -1,0 +1,69 @@
+# rlmbox developer and CI entry points. `make` lists the targets.
+#
+# On a fresh Debian/Ubuntu machine, as root, `make demo` and `make test` set up everything they need:
+# the Python venv, a Docker engine (Debian's docker.io) and the sandbox image.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+# Extra arguments for `rlmbox demo` and for pytest: make demo ARGS=...; make test PYTEST_ARGS=...
+ARGS ?=
+PYTEST_ARGS ?=
+
+# Written inside the venv after a successful install; the install re-runs when pyproject.toml changes.
+INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
+
+.PHONY: help install docker base-image image demo test lint clean clean-all
+
+help: ## List the targets
+	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...]"
+	@echo
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo
+	@echo "FORCE=1 make image rebuilds the sandbox image; FORCE=1 make base-image the offline base."
+	@echo "BASE_IMAGE=... make image builds on another base (default python:3.12-slim, else rlmbox-base:bookworm)."
+
+install: $(INSTALL_STAMP) ## Create the venv (VENV) and install rlmbox with its dev extras, editable
+
+$(INSTALL_STAMP): pyproject.toml
+	@test -x "$(VENV)/bin/python" || { echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv "$(VENV)"; }
+	"$(VENV)/bin/pip" install --disable-pip-version-check -e '.[dev]'
+	@touch "$@"
+
+docker: ## Make sure a Docker engine answers (installs and starts docker.io as root on Debian/Ubuntu)
+	@bash scripts/ensure-docker.sh
+
+base-image: docker ## Build the offline base image rlmbox-base:bookworm (debootstrap, no registry)
+	@bash scripts/build-base-image.sh
+
+image: docker ## Build the sandbox image rlmbox-sandbox:VERSION (skipped when present)
+	@PYTHON="$(PYTHON)" bash scripts/build-image.sh
+
+demo: install docker image ## Run the demo (rlmbox demo ARGS) after setting up everything it needs
+	"$(VENV)/bin/rlmbox" demo $(ARGS)
+
+# Without Docker (and outside CI) the tests that need it are skipped; in CI a missing engine fails.
+test: install ## Run the tests (sets up Docker and the image first when it can)
+	@if bash scripts/ensure-docker.sh; then \
+		$(MAKE) --no-print-directory image; \
+	elif [ "$${CI:-}" = true ]; then \
+		echo "make test: error: CI needs a Docker engine and none could be set up" >&2; \
+		exit 1; \
+	else \
+		echo "make test: note: no Docker engine; the tests that need Docker will be skipped" >&2; \
+	fi
+	"$(VENV)/bin/pytest" $(PYTEST_ARGS)
+
+lint: install ## Check code style (ruff check, ruff format --check)
+	"$(VENV)/bin/ruff" check .
+	"$(VENV)/bin/ruff" format --check .
+
+clean: ## Remove build output and caches (keeps the venv and Docker images)
+	rm -rf build .pytest_cache .ruff_cache
+	find . -path "./$(VENV)" -prune -o -path ./.git -prune -o \
+		\( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 | xargs -0 -r rm -rf
+
+clean-all: clean ## Also remove the venv
+	rm -rf "$(VENV)"

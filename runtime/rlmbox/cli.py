@@ -1,0 +1,285 @@
+"""The ``rlmbox`` command: run, exec, demo, doctor.
+
+Flags become a ``Settings`` (flags > ``RLMBOX_*`` environment > defaults); expected errors become one line
+on stderr and a non-zero exit code, decided in one place (``main``). ``--debug`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlmbox import _exceptions
+from rlmbox._exceptions import ConfigError, RLMBoxError
+from rlmbox.config import VERSION
+
+if TYPE_CHECKING:
+    from rlmbox.config import Settings
+    from rlmbox.rlm import RunResult
+
+__all__ = ["build_parser", "main"]
+
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BUDGET = 5
+
+
+def _sandbox_flags() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("sandbox")
+    group.add_argument(
+        "--backend", choices=["docker", "local"], help="docker (default) or local (NO isolation)"
+    )
+    group.add_argument("--image", help="sandbox image (default rlmbox-sandbox:VERSION)")
+    group.add_argument("--memory", help="memory limit, e.g. 1g (swap is disabled)")
+    group.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
+    group.add_argument("--pids-limit", type=int, help="most processes and threads in the sandbox")
+    group.add_argument("--cell-timeout", type=float, metavar="S", help="time limit of one cell, in seconds")
+    group.add_argument("--docker-runtime", help="OCI runtime, e.g. runsc (gVisor)")
+    flags.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    flags.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    flags.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    return flags
+
+
+def _model_flags() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("models and budget")
+    group.add_argument("--model", help="root model, a litellm model string (e.g. openai/gpt-5-mini)")
+    group.add_argument("--sub-model", help="model behind llm_query (default: the root model)")
+    group.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...)")
+    group.add_argument("--completion-kwargs", type=json.loads, metavar="JSON", help="extra litellm arguments")
+    group.add_argument("--max-iterations", type=int, metavar="N")
+    group.add_argument("--max-sub-calls", type=int, metavar="N")
+    group.add_argument("--max-tokens", type=int, metavar="N", help="token budget of the whole run")
+    group.add_argument("--max-cost", type=float, metavar="USD", help="cost budget of the whole run")
+    group.add_argument("--max-time", type=float, metavar="S", help="wall-clock budget of the whole run")
+    group.add_argument("--trajectory", type=Path, metavar="PATH", help="where to write the JSONL trajectory")
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlmbox", description="Recursive Language Models with the model's code locked in a sandbox."
+    )
+    parser.add_argument("--version", action="version", version=f"rlmbox {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sandbox, models = _sandbox_flags(), _model_flags()
+
+    run = commands.add_parser("run", parents=[models, sandbox], help="answer a query about a long context")
+    run.add_argument("--context", required=True, metavar="PATH", help="text or .json file; - for stdin")
+    run.add_argument("--query", required=True, help="the question to answer")
+
+    exec_ = commands.add_parser("exec", parents=[sandbox], help="run code in a fresh sandbox")
+    exec_.add_argument(
+        "code", nargs="?", default="-", metavar="CODE_FILE", help="file with code; - for stdin"
+    )
+    exec_.add_argument("--context", metavar="PATH", help="text or .json file loaded as `context`")
+
+    demo = commands.add_parser(
+        "demo", parents=[models, sandbox], help="a complete RLM run on a generated document"
+    )
+    demo.add_argument(
+        "--size", type=int, default=2_000_000, metavar="CHARS", help="document size in characters"
+    )
+    demo.add_argument("--seed", type=int, default=7)
+
+    doctor = commands.add_parser(
+        "doctor", parents=[sandbox], help="check that this machine can run sandboxes"
+    )
+    doctor.set_defaults(json=False)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags that were given override the environment; the rest is left to it."""
+    from pydantic import ValidationError
+
+    from rlmbox.config import Settings
+
+    def given(**values: Any) -> dict[str, Any]:
+        return {key: value for key, value in values.items() if value is not None}
+
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    sections = {
+        "sandbox": given(
+            backend=get("backend"),
+            image=get("image"),
+            memory=get("memory"),
+            cpus=get("cpus"),
+            pids_limit=get("pids_limit"),
+            cell_timeout_s=get("cell_timeout"),
+            docker_runtime=get("docker_runtime"),
+        ),
+        "llm": given(
+            model=get("model"),
+            sub_model=get("sub_model"),
+            api_base=get("api_base"),
+            completion_kwargs=get("completion_kwargs"),
+        ),
+        "limits": given(
+            max_iterations=get("max_iterations"),
+            max_sub_calls=get("max_sub_calls"),
+            max_tokens=get("max_tokens"),
+            max_cost_usd=get("max_cost"),
+            max_wall_s=get("max_time"),
+        ),
+    }
+    try:
+        return Settings(**{name: values for name, values in sections.items() if values})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from exc
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from rlmbox.context_input import load_context
+    from rlmbox.rlm import RLM
+
+    settings = settings_from_args(args)
+    context = load_context(args.context)
+    result = await RLM(settings).arun(context, args.query, trajectory=args.trajectory)
+    return _report(result, args.json)
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from rlmbox.demo.haystack import make_haystack
+    from rlmbox.rlm import RLM
+
+    settings = settings_from_args(args)
+    if settings.llm.model is None:
+        from rlmbox.demo.policy import DEMO_NOTICE, DEMO_ROOT_MODEL, DEMO_SUB_MODEL, register_demo_provider
+
+        print(
+            f"rlmbox demo: no --model or RLMBOX_MODEL given. {DEMO_NOTICE} It is reached through litellm\n"
+            "like a model; everything else is real: the container, the kernel, the bridge, every sub-call.",
+            file=sys.stderr,
+        )
+        register_demo_provider()
+        llm = settings.llm.model_copy(update={"model": DEMO_ROOT_MODEL, "sub_model": DEMO_SUB_MODEL})
+        settings = settings.model_copy(update={"llm": llm})
+    haystack = make_haystack(args.size, seed=args.seed)
+    print(
+        f"rlmbox demo: a {len(haystack.text):,}-character document; query: {haystack.query}", file=sys.stderr
+    )
+    result = await RLM(settings).arun(haystack.text, haystack.query, trajectory=args.trajectory)
+    if not args.json:
+        verdict = "correct" if result.answer and haystack.answer in result.answer else "WRONG"
+        print(f"expected answer: {haystack.answer} ({verdict})", file=sys.stderr)
+    return _report(result, args.json)
+
+
+async def _exec(args: argparse.Namespace) -> int:
+    from rlmbox.context_input import load_context
+    from rlmbox.sandbox import AsyncSandbox
+
+    settings = settings_from_args(args)
+    code = _read_code(args.code)
+    context = load_context(args.context) if args.context else None
+    async with AsyncSandbox(settings.sandbox, context) as sandbox:
+        cell = await sandbox.execute(code)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(cell), ensure_ascii=False))
+    else:
+        sys.stdout.write(cell.stdout)
+        for shown in (*cell.displays, cell.result):
+            if shown is not None:
+                print(shown)
+        sys.stderr.write(cell.stderr)
+        if cell.error is not None:
+            print(cell.error, file=sys.stderr)
+    return 0 if cell.ok else 1
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    from rlmbox.doctor import run_checks
+
+    checks = await asyncio.to_thread(run_checks, settings_from_args(args))
+    for check in checks:
+        print(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
+    return 0 if all(check.ok for check in checks) else 1
+
+
+COMMANDS = {"run": _run, "exec": _exec, "demo": _demo, "doctor": _doctor}
+
+
+def _read_code(source: str) -> str:
+    try:
+        return sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"code file {source} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read code file {source}: {exc}") from exc
+
+
+def _report(result: RunResult, as_json: bool) -> int:
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        if result.answer is not None:
+            print(result.answer)
+        tokens = sum(u.prompt_tokens + u.completion_tokens for u in result.usage.values())
+        print(
+            f"status: {result.status}  iterations: {result.iterations}  sub-calls: {result.sub_calls}  "
+            f"tokens: {tokens:,}  cost: ${result.cost_usd:.4f}  time: {result.elapsed_s:.1f}s\n"
+            f"trajectory: {result.trajectory}",
+            file=sys.stderr,
+        )
+        if result.error:
+            print(f"rlmbox: {result.status}: {result.error}", file=sys.stderr)
+    if result.status == "completed":
+        return 0
+    if result.status == "budget_exhausted":
+        return EXIT_BUDGET
+    error_class = getattr(_exceptions, result.error_type or "", RLMBoxError)
+    return getattr(error_class, "exit_code", 1)
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+
+
+async def _main_task(coroutine: Coroutine[Any, Any, int]) -> int:
+    task = asyncio.ensure_future(coroutine)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rlmbox.log import configure_logging
+
+    configure_logging(logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return asyncio.run(_main_task(COMMANDS[args.command](args)))
+    except KeyboardInterrupt:
+        print("rlmbox: interrupted; the sandbox was removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        print("rlmbox: terminated; the sandbox was removed", file=sys.stderr)
+        return EXIT_TERMINATED
+    except RLMBoxError as exc:
+        if args.debug:
+            raise
+        print(f"rlmbox: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

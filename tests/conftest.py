@@ -1,0 +1,79 @@
+"""Shared fixtures. Tests marked ``docker`` need the engine and the sandbox image: they fail when either is
+missing in CI (``CI=true``) and are skipped elsewhere, saying why."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlmbox.config import SandboxConfig
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@functools.cache
+def docker_problem() -> str | None:
+    """Why Docker tests cannot run here, or None when they can."""
+    import docker
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(SandboxConfig().image)
+    except docker.errors.ImageNotFound:
+        return f"the sandbox image {SandboxConfig().image} is missing (run `make image`)"
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        return f"no Docker engine ({exc})"
+    client.close()
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _docker_gate(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("docker") is None:
+        return
+    problem = docker_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"Docker tests must run in CI: {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A short, private runtime directory (socket paths must stay short)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="rbt-", dir="/tmp"))
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def docker_config(runtime_dir: Path) -> SandboxConfig:
+    return SandboxConfig(backend="docker", runtime_dir=runtime_dir, cell_timeout_s=30, memory="512m")
+
+
+@pytest.fixture
+def local_config(runtime_dir: Path) -> SandboxConfig:
+    return SandboxConfig(backend="local", runtime_dir=runtime_dir, cell_timeout_s=30)
+
+
+def rlmbox_containers() -> list[str]:
+    """Ids of every rlmbox container on this engine, running or not."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        return [c.id for c in client.containers.list(all=True, filters={"label": "io.rlmbox.session"})]
+    finally:
+        client.close()

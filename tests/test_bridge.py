@@ -1,0 +1,224 @@
+"""The host bridge server, spoken to over a real Unix socket by raw clients and by the kernel's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from rlmbox import BudgetExceeded
+from rlmbox.bridge import BridgeServer
+from rlmbox.protocol import QueryOutcome, encode_frame
+
+TOKEN = "t0ken"
+
+
+class Echo:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[tuple[list[str], str | None]] = []
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
+        self.calls.append((prompts, model))
+        self.started.set()
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return [QueryOutcome(ok=True, text=p.upper()) for p in prompts]
+
+
+class Broke:
+    async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
+        raise BudgetExceeded("no sub-calls left", limit="sub_calls")
+
+
+def frame(payload: dict) -> bytes:
+    return encode_frame(payload)
+
+
+async def talk(path: Path, data: bytes) -> dict | None:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(data)
+    await writer.drain()
+    try:
+        header = await asyncio.wait_for(reader.readexactly(4), 5)
+    except asyncio.IncompleteReadError:
+        return None
+    (length,) = struct.unpack(">I", header)
+    body = await reader.readexactly(length)
+    writer.close()
+    return json.loads(body)
+
+
+def serve(tmp_path: Path, handler, **limits) -> BridgeServer:
+    options = {"max_prompt_chars": 1000, "max_batch_size": 10} | limits
+    return BridgeServer(tmp_path / "b.sock", TOKEN, handler, **options)
+
+
+def test_answers_a_query_in_order(tmp_path):
+    async def main():
+        async with serve(tmp_path, Echo()) as bridge:
+            request = {"op": "llm_query", "id": 3, "token": TOKEN, "prompts": ["a", "b"]}
+            return await talk(bridge.path, frame(request))
+
+    response = asyncio.run(main())
+    assert response == {
+        "id": 3,
+        "ok": True,
+        "results": [{"ok": True, "text": "A"}, {"ok": True, "text": "B"}],
+    }
+
+
+def test_socket_is_connectable_by_another_user_and_removed_on_close(tmp_path):
+    async def main():
+        bridge = serve(tmp_path, Echo())
+        async with bridge:
+            assert bridge.path.stat().st_mode & 0o777 == 0o666
+        return bridge.path
+
+    assert not asyncio.run(main()).exists()
+
+
+def test_wrong_token_is_refused(tmp_path):
+    async def main():
+        handler = Echo()
+        async with serve(tmp_path, handler) as bridge:
+            request = {"op": "llm_query", "id": 1, "token": "guess", "prompts": ["a"]}
+            return await talk(bridge.path, frame(request)), handler
+
+    response, handler = asyncio.run(main())
+    assert response["ok"] is False and "token" in response["error"]["message"]
+    assert handler.calls == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"op": "rm -rf", "id": 1, "token": "t0ken"}',
+        b'{"op": "llm_query", "id": 1, "token": "t0ken"}',
+    ],
+)
+def test_malformed_requests_get_a_protocol_error(tmp_path, body):
+    async def main():
+        async with serve(tmp_path, Echo()) as bridge:
+            return await talk(bridge.path, struct.pack(">I", len(body)) + body)
+
+    response = asyncio.run(main())
+    assert response["ok"] is False and response["error"]["type"] == "ProtocolError"
+
+
+def test_oversize_frame_is_dropped_without_reading_it(tmp_path):
+    async def main():
+        async with serve(tmp_path, Echo()) as bridge:
+            return await talk(bridge.path, struct.pack(">I", 2**31) + b"x" * 100)
+
+    assert asyncio.run(main()) is None
+
+
+def test_limits_on_prompt_size_and_batch_size(tmp_path):
+    async def main():
+        async with serve(tmp_path, Echo(), max_prompt_chars=5, max_batch_size=2) as bridge:
+            long = await talk(
+                bridge.path, frame({"op": "llm_query", "id": 1, "token": TOKEN, "prompts": ["x" * 6]})
+            )
+            many = await talk(
+                bridge.path, frame({"op": "llm_query", "id": 2, "token": TOKEN, "prompts": ["a"] * 3})
+            )
+            return long, many
+
+    long, many = asyncio.run(main())
+    assert "6 chars exceeds the 5-char limit" in long["error"]["message"]
+    assert "batch limit of 2" in many["error"]["message"]
+
+
+def test_handler_refusal_becomes_an_error_reply(tmp_path):
+    async def main():
+        async with serve(tmp_path, Broke()) as bridge:
+            return await talk(
+                bridge.path, frame({"op": "llm_query", "id": 9, "token": TOKEN, "prompts": ["a"]})
+            )
+
+    response = asyncio.run(main())
+    assert response["error"] == {"type": "BudgetExceededError", "message": "no sub-calls left"}
+
+
+def test_partial_frames_and_silent_clients_do_not_stall_others(tmp_path):
+    async def main():
+        async with serve(tmp_path, Echo()) as bridge:
+            # One client sends half a header, another half a body, and both go quiet.
+            stalled = []
+            for data in (b"\x00\x00", struct.pack(">I", 100) + b"{"):
+                _, writer = await asyncio.open_unix_connection(str(bridge.path))
+                writer.write(data)
+                stalled.append(writer)
+            request = {"op": "llm_query", "id": 5, "token": TOKEN, "prompts": ["ok"]}
+            response = await asyncio.wait_for(talk(bridge.path, frame(request)), 5)
+            for writer in stalled:
+                writer.close()
+            return response
+
+    assert asyncio.run(main())["results"] == [{"ok": True, "text": "OK"}]
+
+
+def test_caller_hanging_up_cancels_its_calls(tmp_path):
+    async def main():
+        handler = Echo(delay=30)
+        async with serve(tmp_path, handler) as bridge:
+            _, writer = await asyncio.open_unix_connection(str(bridge.path))
+            writer.write(frame({"op": "llm_query", "id": 1, "token": TOKEN, "prompts": ["slow"]}))
+            await writer.drain()
+            await asyncio.wait_for(handler.started.wait(), 5)
+            writer.close()
+            await asyncio.wait_for(handler.cancelled.wait(), 5)
+        return handler
+
+    assert asyncio.run(main()).cancelled.is_set()
+
+
+def test_ready_signal_sets_the_event(tmp_path):
+    async def main():
+        async with serve(tmp_path, None) as bridge:
+            response = await talk(bridge.path, frame({"op": "ready", "id": 1, "token": TOKEN}))
+            return response, bridge.ready.is_set()
+
+    response, ready = asyncio.run(main())
+    assert response == {"id": 1, "ok": True} and ready
+
+
+def test_kernel_side_client_round_trip(tmp_path):
+    """The stdlib client inside the image speaks the same protocol as the host server."""
+    from rlmbox_kernel._bridge import BridgeClient
+
+    async def main():
+        async with serve(tmp_path, Echo()) as bridge:
+            client = BridgeClient(str(bridge.path), TOKEN)
+            return await asyncio.to_thread(client.request, "llm_query", prompts=["hi"], model=None)
+
+    assert asyncio.run(main())["results"] == [{"ok": True, "text": "HI"}]
+
+
+def test_kernel_wire_constants_match_the_host_protocol():
+    import rlmbox_kernel._wire as kernel_wire
+    from rlmbox import protocol
+
+    for name in (
+        "PROTOCOL_VERSION",
+        "SESSION_MOUNT",
+        "IPC_MOUNT",
+        "BRIDGE_SOCKET",
+        "CONNECTION_FILE",
+        "SESSION_FILE",
+        "CONTEXT_TEXT",
+        "CONTEXT_JSON",
+        "FINAL_MIME",
+    ):
+        assert getattr(kernel_wire, name) == getattr(protocol, name), name
+    assert kernel_wire.HEADER.format == protocol.HEADER.format
