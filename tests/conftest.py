@@ -66,14 +66,3 @@ def docker_config(runtime_dir: Path) -> SandboxConfig:
 @pytest.fixture
 def local_config(runtime_dir: Path) -> SandboxConfig:
     return SandboxConfig(backend="local", runtime_dir=runtime_dir, cell_timeout_s=30)
-
-
-def rlmbox_containers() -> list[str]:
-    """Ids of every rlmbox container on this engine, running or not."""
-    import docker
-
-    client = docker.from_env()
-    try:
-        return [c.id for c in client.containers.list(all=True, filters={"label": "io.rlmbox.session"})]
-    finally:
-        client.close()

@@ -36,6 +36,7 @@ from rlmbox.llm import (
     map_litellm_error,
     retry_after_s,
 )
+
 from support.openai_server import Reply, Script, ScriptedOpenAIServer
 
 API_KEY = "sk-test-0123456789abcdef-secret"

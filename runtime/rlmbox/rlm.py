@@ -21,6 +21,7 @@ from rlmbox._exceptions import BudgetExceeded, ConfigError, KernelDiedError, RLM
 from rlmbox.config import Settings
 from rlmbox.ledger import Charge, Ledger, ModelUsage
 from rlmbox.llm import LMClient, context_window_chars
+from rlmbox.log import ensure_logging
 from rlmbox.parsing import extract_code_blocks, find_text_final, strip_code_blocks
 from rlmbox.prompts import (
     describe_cell,
@@ -92,6 +93,7 @@ class RLM:
 
     async def arun(self, context: ContextInput, query: str, *, trajectory: Path | None = None) -> RunResult:
         """Answer ``query`` about ``context``; the context is only ever seen by code in the sandbox."""
+        ensure_logging()
         llm = self.settings.llm
         if not llm.model:
             raise ConfigError("no root model: pass --model or set RLMBOX_MODEL (e.g. openai/gpt-5-mini)")

@@ -10,6 +10,7 @@ from typing import Self
 
 from rlmbox.bridge import BridgeHandler
 from rlmbox.config import SandboxConfig
+from rlmbox.log import ensure_logging
 
 __all__ = ["CellError", "CellResult", "ContextInput", "KernelExit", "SandboxBackend", "SandboxState"]
 
@@ -101,6 +102,7 @@ class SandboxBackend(abc.ABC):
         """Start the kernel and load the context; on failure everything started is cleaned up."""
         if self.state is not SandboxState.NEW:
             raise RuntimeError(f"cannot start a sandbox that is {self.state.value}")
+        ensure_logging()
         try:
             await self._start()
         except BaseException:

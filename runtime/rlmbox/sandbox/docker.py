@@ -21,7 +21,7 @@ from docker.types import LogConfig, Mount, Ulimit
 from rlmbox._exceptions import DockerUnavailableError, ImageMissingError, SandboxStartError
 from rlmbox.config import SandboxConfig
 from rlmbox.protocol import CONNECTION_FILE, IPC_MOUNT, SESSION_MOUNT
-from rlmbox.sandbox.base import KernelExit
+from rlmbox.sandbox.base import KernelExit, SandboxState
 from rlmbox.sandbox.kernel_backed import KernelBackedSandbox
 from rlmbox.sandbox.owner import ProcessIdentity
 from rlmbox.sandbox.reaper import LABEL_PREFIX, reap_orphans_once
@@ -47,7 +47,7 @@ def connect_docker() -> docker.DockerClient:
 
 
 def container_spec(config: SandboxConfig, session: SessionDir) -> dict[str, Any]:
-    """Keyword arguments for ``containers.run``: the whole hardening policy in one place."""
+    """Keyword arguments for ``containers.create``: the whole hardening policy in one place."""
     uid, gid = config.user.split(":")
     threads = str(max(1, int(config.cpus)))
     return {
@@ -86,7 +86,6 @@ def container_spec(config: SandboxConfig, session: SessionDir) -> dict[str, Any]
         "shm_size": "64m",
         "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
         "runtime": config.docker_runtime,
-        "detach": True,
     }
 
 
@@ -106,7 +105,9 @@ class DockerSandbox(KernelBackedSandbox):
         await asyncio.to_thread(reap_orphans_once, client, self.config.runtime_dir)
         spec = container_spec(self.config, session)
         try:
-            self._container = await asyncio.to_thread(client.containers.run, **spec)
+            # create + start, never run(): run() would try to pull a missing image from a registry.
+            self._container = await asyncio.to_thread(client.containers.create, **spec)
+            await asyncio.to_thread(self._container.start)
         except docker.errors.ImageNotFound as exc:
             raise ImageMissingError(
                 f"the sandbox image {self.config.image} is not built on this machine: run `make image`"
@@ -124,7 +125,7 @@ class DockerSandbox(KernelBackedSandbox):
         container, self._container = self._container, None
         if container is not None:
             await asyncio.to_thread(_remove, container)
-        if self._client is not None and self.state.value == "closed":
+        if self._client is not None and self.state is SandboxState.CLOSED:
             self._client.close()
             self._client = None
 

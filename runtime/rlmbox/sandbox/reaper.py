@@ -43,8 +43,11 @@ def _orphaned(owner: ProcessIdentity | None) -> bool:
 def reap_containers(client: docker.DockerClient) -> int:
     """Remove rlmbox containers whose owning process has died; returns how many."""
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.session"}):
-        if not _orphaned(ProcessIdentity.from_labels(container.labels, f"{LABEL_PREFIX}.owner")):
+    # sparse: no per-container inspect, which would race with containers being removed meanwhile
+    listed = client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_PREFIX}.session"})
+    for container in listed:
+        labels = container.attrs.get("Labels") or {}
+        if not _orphaned(ProcessIdentity.from_labels(labels, f"{LABEL_PREFIX}.owner")):
             continue
         try:
             container.remove(force=True)
