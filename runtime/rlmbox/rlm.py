@@ -100,7 +100,7 @@ class RLM:
         if not query.strip():
             raise ConfigError("the query is empty")
         run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-        path = trajectory or self.settings.trajectory_dir / f"{run_id}.jsonl"
+        path = (trajectory or self.settings.trajectory_dir / f"{run_id}.jsonl").absolute()
         ledger = Ledger(self.settings.limits)
         with TrajectoryWriter(path) as writer, bound_contextvars(run_id=run_id):
             writer.write(
