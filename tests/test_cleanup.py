@@ -32,15 +32,15 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
 def test_no_container_after_a_normal_session(docker_config):
     with Sandbox(docker_config) as sandbox:
         sandbox.execute("1")
-        assert len(rlmbox_containers()) == 1
-    assert rlmbox_containers() == []
+        assert len(rlmbox_containers(docker_config.runtime_dir)) == 1
+    assert rlmbox_containers(docker_config.runtime_dir) == []
     assert list(docker_config.runtime_dir.iterdir()) == []
 
 
 def test_no_container_after_an_exception(docker_config):
     with pytest.raises(RuntimeError, match="boom"), Sandbox(docker_config):
         raise RuntimeError("boom")
-    assert rlmbox_containers() == []
+    assert rlmbox_containers(docker_config.runtime_dir) == []
 
 
 def test_no_container_after_a_failed_start(docker_config):
@@ -49,7 +49,7 @@ def test_no_container_after_a_failed_start(docker_config):
     missing = docker_config.model_copy(update={"image": "rlmbox-sandbox:does-not-exist"})
     with pytest.raises(ImageMissingError, match="make image"), Sandbox(missing):
         pass
-    assert rlmbox_containers() == []
+    assert rlmbox_containers(docker_config.runtime_dir) == []
     assert list(docker_config.runtime_dir.iterdir()) == []
 
 
@@ -72,7 +72,7 @@ def test_no_container_after_ctrl_c_or_sigterm_mid_cell(runtime_dir, tmp_path, si
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
     assert "Traceback" not in stderr
-    assert rlmbox_containers() == []
+    assert rlmbox_containers(runtime_dir) == []
     assert list(runtime_dir.iterdir()) == []
 
 
@@ -88,12 +88,12 @@ def test_orphans_of_a_killed_process_are_reaped_by_the_next_start(runtime_dir):
     assert orphan_maker.stdout.readline().strip() == "up"
     orphan_maker.kill()  # SIGKILL: no cleanup code runs
     orphan_maker.wait(timeout=30)
-    assert len(rlmbox_containers()) == 1
+    assert len(rlmbox_containers(runtime_dir)) == 1
     assert len(list(runtime_dir.iterdir())) == 1
     with Sandbox(SandboxConfig(runtime_dir=runtime_dir)) as sandbox:
         assert sandbox.execute("1").ok
-        assert len(rlmbox_containers()) == 1  # only the new one
-    assert rlmbox_containers() == []
+        assert len(rlmbox_containers(runtime_dir)) == 1  # only the new one
+    assert rlmbox_containers(runtime_dir) == []
     assert list(runtime_dir.iterdir()) == []
 
 
@@ -104,5 +104,5 @@ def test_reaper_spares_sessions_of_live_processes(docker_config):
         client = docker.from_env()
         assert reap_containers(client) == 0
         assert reap_session_dirs(docker_config.runtime_dir) == 0
-        assert len(rlmbox_containers()) == 1
+        assert len(rlmbox_containers(docker_config.runtime_dir)) == 1
         client.close()

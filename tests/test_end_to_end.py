@@ -81,7 +81,7 @@ def test_multi_turn_run_with_sub_calls_and_final_var(runtime_dir, tmp_path):
     trajectory = Path(result.trajectory).read_text()
     assert API_KEY not in trajectory
     assert trajectory.count('"event": "sub_call"') == 5
-    assert rlmbox_containers() == []
+    assert rlmbox_containers(runtime_dir) == []
 
 
 def test_error_in_a_cell_is_fed_back_and_recovered(runtime_dir, tmp_path):
@@ -238,4 +238,4 @@ def test_cli_unknown_provider_is_a_clear_error(runtime_dir, tmp_path):
     )  # fmt: skip
     assert done.returncode == 4
     assert "nosuchprovider/model" in done.stderr and "Traceback" not in done.stderr
-    assert rlmbox_containers() == []
+    assert rlmbox_containers(runtime_dir) == []

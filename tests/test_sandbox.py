@@ -207,3 +207,10 @@ def test_json_context_keeps_structure(config):
     with Sandbox(config, context=data) as sandbox:
         cell = sandbox.execute("import json; print(json.dumps(context, sort_keys=True))")
     assert json.loads(cell.stdout) == data
+
+
+def test_local_backend_warns_that_it_is_not_isolated(local_config):
+    from rlmbox.sandbox.local import UnisolatedBackendWarning
+
+    with pytest.warns(UnisolatedBackendWarning, match="WITHOUT isolation"), Sandbox(local_config) as sandbox:
+        assert sandbox.execute("1").ok
