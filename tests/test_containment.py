@@ -160,3 +160,33 @@ for p in procs:
         lines = cell.stdout.split()
         assert lines[0] == "refused" and int(lines[-1]) < 32
         assert box.execute("1 + 1").result == "2"
+
+
+def test_cli_flags_become_the_containers_limits(runtime_dir):
+    """Every limit flows from the CLI through Settings into the container Docker actually runs."""
+    import docker
+
+    from rlmbox.cli import build_parser, settings_from_args
+
+    args = build_parser().parse_args(
+        ["exec", "--memory", "300m", "--cpus", "0.5", "--pids-limit", "50", "--nofile-limit", "200",
+         "--tmp-size", "32m", "--home-size", "16m"]
+    )  # fmt: skip
+    config = settings_from_args(args).sandbox.model_copy(update={"runtime_dir": runtime_dir})
+    with Sandbox(config) as box:
+        client = docker.from_env()
+        (container,) = client.containers.list(
+            filters={"label": f"io.rlmbox.session_dir={next(runtime_dir.iterdir())}"}
+        )
+        host = container.attrs["HostConfig"]
+        mounts = box.execute("print(open('/proc/mounts').read())").stdout
+        client.close()
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True and host["Privileged"] is False
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["Memory"] == host["MemorySwap"] == 300 * 2**20
+    assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 50
+    assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"nofile": 200, "core": 0}
+    assert host["Init"] is True
+    assert container.attrs["Config"]["User"] == "10001:10001"
+    tmp = next(line for line in mounts.splitlines() if " /tmp " in line)
+    assert "size=32768k" in tmp and "noexec" in tmp

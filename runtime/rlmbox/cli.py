@@ -41,7 +41,11 @@ def _sandbox_flags() -> argparse.ArgumentParser:
     group.add_argument("--memory", help="memory limit, e.g. 1g (swap is disabled)")
     group.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
     group.add_argument("--pids-limit", type=int, help="most processes and threads in the sandbox")
+    group.add_argument("--nofile-limit", type=int, help="most open files in the sandbox")
+    group.add_argument("--tmp-size", metavar="SIZE", help="size of the sandbox's /tmp, e.g. 256m")
+    group.add_argument("--home-size", metavar="SIZE", help="size of the sandbox's $HOME, e.g. 64m")
     group.add_argument("--cell-timeout", type=float, metavar="S", help="time limit of one cell, in seconds")
+    group.add_argument("--start-timeout", type=float, metavar="S", help="time limit for the sandbox to start")
     group.add_argument("--docker-runtime", help="OCI runtime, e.g. runsc (gVisor)")
     flags.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     flags.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -115,7 +119,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             memory=get("memory"),
             cpus=get("cpus"),
             pids_limit=get("pids_limit"),
+            nofile_limit=get("nofile_limit"),
+            tmp_size=get("tmp_size"),
+            home_size=get("home_size"),
             cell_timeout_s=get("cell_timeout"),
+            start_timeout_s=get("start_timeout"),
             docker_runtime=get("docker_runtime"),
         ),
         "llm": given(

@@ -157,6 +157,7 @@ class RLM:
             },
             {"role": "user", "content": first_user_message(query)},
         ]
+        writer.write("system_prompt", text=messages[0]["content"])
         try:
             async with asyncio.timeout(ledger.remaining_s()) as deadline, sandbox:
                 return await turns.loop(messages)
@@ -227,6 +228,7 @@ class _Turns:
             model=model,
             messages=len(messages),
             prompt_chars=sum(len(m["content"]) for m in messages),
+            new_message=text_digest(messages[-1]["content"]),
             reply=completion.text,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
