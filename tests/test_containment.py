@@ -188,5 +188,6 @@ def test_cli_flags_become_the_containers_limits(runtime_dir):
     assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"nofile": 200, "core": 0}
     assert host["Init"] is True
     assert container.attrs["Config"]["User"] == "10001:10001"
+    assert "OMP_NUM_THREADS=1" in container.attrs["Config"]["Env"]
     tmp = next(line for line in mounts.splitlines() if " /tmp " in line)
     assert "size=32768k" in tmp and "noexec" in tmp

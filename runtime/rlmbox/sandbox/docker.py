@@ -22,7 +22,7 @@ from rlmbox._exceptions import DockerUnavailableError, ImageMissingError, Sandbo
 from rlmbox.config import SandboxConfig
 from rlmbox.protocol import CONNECTION_FILE, IPC_MOUNT, SESSION_MOUNT
 from rlmbox.sandbox.base import KernelExit, SandboxState
-from rlmbox.sandbox.kernel_backed import KernelBackedSandbox
+from rlmbox.sandbox.kernel_backed import KernelBackedSandbox, thread_limits
 from rlmbox.sandbox.owner import ProcessIdentity
 from rlmbox.sandbox.reaper import LABEL_PREFIX, reap_orphans_once
 from rlmbox.sandbox.session_dir import SessionDir
@@ -32,7 +32,6 @@ __all__ = ["DockerSandbox", "connect_docker", "container_spec"]
 log = structlog.get_logger(__name__)
 
 HOME = "/home/sandbox"
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 DOCKER_HINT = "start it (e.g. `sudo systemctl start docker`, or `make docker` as root on Debian/Ubuntu)"
 
 
@@ -49,12 +48,11 @@ def connect_docker() -> docker.DockerClient:
 def container_spec(config: SandboxConfig, session: SessionDir) -> dict[str, Any]:
     """Keyword arguments for ``containers.create``: the whole hardening policy in one place."""
     uid, gid = config.user.split(":")
-    threads = str(max(1, int(config.cpus)))
     return {
         "image": config.image,
         "command": ["python", "-m", "rlmbox_kernel.launch", f"{SESSION_MOUNT}/{CONNECTION_FILE}"],
         "user": config.user,
-        "environment": dict.fromkeys(THREAD_VARIABLES, threads),  # nothing from the host
+        "environment": thread_limits(config),  # nothing from the host
         "network_mode": "none",
         "read_only": True,
         "cap_drop": ["ALL"],

@@ -19,15 +19,23 @@ import structlog
 
 from rlmbox._exceptions import KernelDiedError, SandboxStartError, SandboxStartTimeout
 from rlmbox.bridge import BridgeServer
+from rlmbox.config import SandboxConfig
 from rlmbox.kernel import KernelConnection, RawCell
 from rlmbox.protocol import PROTOCOL_VERSION
 from rlmbox.sandbox.base import CellError, CellResult, KernelExit, SandboxBackend, SandboxState
 from rlmbox.sandbox.session_dir import SessionDir
 
-__all__ = ["KernelBackedSandbox"]
+__all__ = ["KernelBackedSandbox", "thread_limits"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def thread_limits(config: SandboxConfig) -> dict[str, str]:
+    """Environment that keeps numeric libraries' thread pools within the CPU limit."""
+    return dict.fromkeys(THREAD_VARIABLES, str(max(1, int(config.cpus))))
 
 
 class KernelBackedSandbox(SandboxBackend):

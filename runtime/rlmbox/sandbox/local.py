@@ -15,14 +15,13 @@ import warnings
 
 from rlmbox.protocol import CONNECTION_FILE
 from rlmbox.sandbox.base import KernelExit
-from rlmbox.sandbox.kernel_backed import KernelBackedSandbox
+from rlmbox.sandbox.kernel_backed import KernelBackedSandbox, thread_limits
 from rlmbox.sandbox.reaper import reap_orphans_once
 from rlmbox.sandbox.session_dir import SessionDir
 
 __all__ = ["LocalSandbox", "UnisolatedBackendWarning"]
 
 PR_SET_PDEATHSIG = 1
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 class UnisolatedBackendWarning(RuntimeWarning):
@@ -51,9 +50,12 @@ class LocalSandbox(KernelBackedSandbox):
         await asyncio.to_thread(reap_orphans_once, None, self.config.runtime_dir)
         home = session.path / "home"
         home.mkdir(mode=0o700)
-        threads = str(max(1, int(self.config.cpus)))
-        env = {"HOME": str(home), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-        env |= dict.fromkeys(THREAD_VARIABLES, threads)
+        env = {
+            "HOME": str(home),
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **thread_limits(self.config),
+        }
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
