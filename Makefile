@@ -8,17 +8,19 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV ?= .venv
-# Extra arguments for `rlmbox demo` and for pytest: make demo ARGS=...; make test PYTEST_ARGS=...
+# Extra arguments for `rlmbox demo`, pytest and the benchmark: make demo ARGS=...; make test PYTEST_ARGS=...;
+# make bench BENCH_ARGS='--runs 5'
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 # Written inside the venv after a successful install; the install re-runs when pyproject.toml changes.
 INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
 
-.PHONY: help install docker base-image image demo test lint clean clean-all
+.PHONY: help install docker base-image image demo test bench lint clean clean-all
 
 help: ## List the targets
-	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...]"
+	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo
@@ -55,6 +57,9 @@ test: install ## Run the tests (sets up Docker and the image first when it can)
 		echo "make test: note: no Docker engine; the tests that need Docker will be skipped" >&2; \
 	fi
 	"$(VENV)/bin/pytest" $(PYTEST_ARGS)
+
+bench: install docker image ## Measure sandbox start, cell and llm_query latency (bench/core.py BENCH_ARGS)
+	"$(VENV)/bin/python" bench/core.py $(BENCH_ARGS)
 
 lint: install ## Check code style (ruff check, ruff format --check)
 	"$(VENV)/bin/ruff" check .
