@@ -123,6 +123,28 @@ def test_oversize_frame_is_dropped_without_reading_it(tmp_path):
     assert asyncio.run(main()) is None
 
 
+def test_buffered_request_bytes_are_bounded_across_connections(tmp_path):
+    """A hostile kernel announcing many large frames cannot make the host buffer more than a few."""
+
+    async def main():
+        async with serve(tmp_path, Echo(), max_request_bytes=1000) as bridge:
+            holders = []
+            for _ in range(4):  # four connections each hold a 1000-byte frame open, half sent
+                _, writer = await asyncio.open_unix_connection(str(bridge.path))
+                writer.write(struct.pack(">I", 1000) + b"x" * 500)
+                await writer.drain()
+                holders.append(writer)
+            async with asyncio.timeout(5):  # until the server has taken in all four headers
+                while bridge._buffered_bytes < 4000:  # noqa: ASYNC110 - no event exposes this counter
+                    await asyncio.sleep(0.001)
+            refused = await talk(bridge.path, struct.pack(">I", 1000) + b"y" * 1000)
+            for writer in holders:
+                writer.close()
+            return refused
+
+    assert asyncio.run(main()) is None
+
+
 def test_limits_on_prompt_size_and_batch_size(tmp_path):
     async def main():
         async with serve(tmp_path, Echo(), max_prompt_chars=5, max_batch_size=2) as bridge:

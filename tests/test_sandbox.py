@@ -214,3 +214,43 @@ def test_local_backend_warns_that_it_is_not_isolated(local_config):
 
     with pytest.warns(UnisolatedBackendWarning, match="WITHOUT isolation"), Sandbox(local_config) as sandbox:
         assert sandbox.execute("1").ok
+
+
+def test_displays_results_and_forged_finals_are_capped_on_the_host(config):
+    """Output that bypasses print (rich displays, raw iopub messages) still counts against the caps."""
+    small = config.model_copy(update={"max_cell_output_bytes": 10_000, "max_final_chars": 100})
+    with Sandbox(small) as sandbox:
+        many = sandbox.execute(
+            "from IPython.display import display\nfor i in range(500): display('y' * 1000)"
+        )
+        forged = sandbox.execute(
+            "from IPython.display import publish_display_data\n"
+            "publish_display_data({'application/vnd.rlmbox.final+json': {'answer': 'z' * 10_000}})"
+        )
+    assert sum(len(d) for d in many.displays) <= 10_000 and many.truncated_bytes > 400_000
+    assert forged.final is None and forged.error.ename == "FinalAnswerTooLarge"
+
+
+def test_malformed_kernel_messages_are_ignored(config):
+    """A message with a broken header (sent by hostile code with the session key) cannot crash the host."""
+    code = """
+import json
+from ipykernel.kernelbase import Kernel
+kernel = Kernel.instance()
+session = kernel.session
+
+def send_raw(msg_type, parent_header, content):
+    header = session.msg_header(msg_type)
+    parts = [json.dumps(part, default=str).encode() for part in (header, parent_header, {}, content)]
+    kernel.iopub_socket.send_multipart([b'<IDS|MSG>', session.sign(parts), *parts])
+
+send_raw('stream', ['not', 'a', 'dict'], {'name': 'stdout', 'text': 'forged'})
+send_raw('error', kernel.get_parent()['header'], ['not a dict'])
+send_raw('stream', kernel.get_parent()['header'], 'not a dict')
+print('done')
+"""
+    with Sandbox(config) as sandbox:
+        cell = sandbox.execute(code)
+        after = sandbox.execute("1 + 1")
+    assert "done" in cell.stdout and "forged" not in cell.stdout
+    assert after.result == "2"

@@ -19,6 +19,7 @@ import structlog
 
 from rlmbox._exceptions import BridgeError, BudgetExceeded, RLMBoxError
 from rlmbox.protocol import (
+    MAX_REQUEST_BYTES,
     ErrorInfo,
     LLMQueryRequest,
     QueryOutcome,
@@ -26,15 +27,19 @@ from rlmbox.protocol import (
     Response,
     decode_request,
     encode_frame,
-    read_frame,
+    read_frame_length,
 )
 
 __all__ = ["BridgeHandler", "BridgeServer"]
 
 log = structlog.get_logger(__name__)
 
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 64
 CLOSE_TIMEOUT_S = 5.0
+# Request bodies buffered or being answered at once, over all connections: bounds the host memory a
+# hostile kernel can make the bridge hold. Bodies larger than this many bytes are parsed off the loop.
+MAX_BUFFERED_REQUESTS = 4
+PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 class BridgeHandler(Protocol):
@@ -54,6 +59,7 @@ class BridgeServer:
         *,
         max_prompt_chars: int,
         max_batch_size: int,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self.path = path
         self.ready = asyncio.Event()
@@ -61,6 +67,8 @@ class BridgeServer:
         self._token = token.encode()
         self._max_prompt_chars = max_prompt_chars
         self._max_batch_size = max_batch_size
+        self._max_request_bytes = max_request_bytes
+        self._buffered_bytes = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -110,24 +118,46 @@ class BridgeServer:
             writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (body := await read_frame(reader)) is not None:
+        while (length := await read_frame_length(reader, self._max_request_bytes)) is not None:
+            if self._buffered_bytes + length > MAX_BUFFERED_REQUESTS * self._max_request_bytes:
+                raise BridgeError("bridge is busy: too many large requests at once")
+            self._buffered_bytes += length
             try:
+                if not await self._handle_frame(length, reader, writer):
+                    return
+            finally:
+                self._buffered_bytes -= length
+
+    async def _handle_frame(
+        self, length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Read, check and answer one request; False when the connection must end."""
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            raise BridgeError("bridge stream ended inside a frame") from exc
+        try:
+            if length > PARSE_IN_THREAD_BYTES:
+                request = await asyncio.to_thread(decode_request, body)
+            else:
                 request = decode_request(body)
-            except BridgeError as exc:
-                await self._send(writer, _refusal(0, "ProtocolError", str(exc)))
-                return
-            if not hmac.compare_digest(request.token.encode(), self._token):
-                await self._send(writer, _refusal(request.id, "ProtocolError", "bad bridge token"))
-                return
-            if isinstance(request, ReadyRequest):
-                self.ready.set()
-                await self._send(writer, Response(id=request.id, ok=True))
-                continue
-            response = await self._answer_unless_hung_up(request, reader)
-            if response is None:
-                log.info("bridge.caller_hung_up", request_id=request.id)
-                return
-            await self._send(writer, response)
+        except BridgeError as exc:
+            await self._send(writer, _refusal(0, "ProtocolError", str(exc)))
+            return False
+        del body
+        if not hmac.compare_digest(request.token.encode(), self._token):
+            await self._send(writer, _refusal(request.id, "ProtocolError", "bad bridge token"))
+            return False
+        if isinstance(request, ReadyRequest):
+            self.ready.set()
+            await self._send(writer, Response(id=request.id, ok=True))
+            return True
+        response = await self._answer_unless_hung_up(request, reader)
+        if response is None:
+            log.info("bridge.caller_hung_up", request_id=request.id)
+            return False
+        await self._send(writer, response)
+        return True
 
     async def _answer_unless_hung_up(
         self, request: LLMQueryRequest, reader: asyncio.StreamReader

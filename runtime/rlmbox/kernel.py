@@ -25,7 +25,11 @@ __all__ = ["KernelConnection", "RawCell"]
 
 log = structlog.get_logger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Per ZMQ frame and per socket queue: what a flooding kernel can make the host hold is bounded by about
+# their product. A frame over the limit drops the connection (the cell then times out and the kernel is
+# replaced); legitimate output is capped far below it anyway.
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+RECEIVE_QUEUE_MESSAGES = 64
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -41,16 +45,18 @@ class _Capped:
         self._room = limit
         self.dropped = 0
 
-    def add(self, text: str) -> None:
+    def add(self, text: str) -> str:
+        """Keep as much of ``text`` as the budget allows; returns what was kept."""
         size = len(text.encode("utf-8", "replace"))
         if size <= self._room:
             self._parts.append(text)
             self._room -= size
-            return
+            return text
         kept = text.encode("utf-8", "replace")[: self._room].decode("utf-8", "ignore")
         self._parts.append(kept)
         self.dropped += size - len(kept.encode())
         self._room = 0
+        return kept
 
     def text(self) -> str:
         return "".join(self._parts)
@@ -59,11 +65,12 @@ class _Capped:
 class RawCell:
     """What the kernel published for one execute request (partial when ``completed`` is False)."""
 
-    def __init__(self, msg_id: str, max_output_bytes: int) -> None:
+    def __init__(self, msg_id: str, max_output_bytes: int, max_final_chars: int) -> None:
         self.msg_id = msg_id
         self._stdout = _Capped(max_output_bytes)
         self._stderr = _Capped(max_output_bytes)
-        self._limit = max_output_bytes
+        self._other = _Capped(max_output_bytes)  # results, displays and tracebacks share one budget
+        self._max_final_chars = max_final_chars
         self.result: str | None = None
         self.displays: list[str] = []
         self.final: str | None = None
@@ -80,43 +87,58 @@ class RawCell:
 
     @property
     def dropped_bytes(self) -> int:
-        return self._stdout.dropped + self._stderr.dropped
+        return self._stdout.dropped + self._stderr.dropped + self._other.dropped
+
+    def _keep(self, text: object) -> str:
+        """``text`` as far as the shared budget allows."""
+        return self._other.add(str(text))
 
     def absorb(self, kind: str, content: dict[str, Any]) -> None:
-        """Take in one iopub message of this cell."""
+        """Take in one iopub message of this cell (its content already known to be a dict)."""
         if kind == "stream":
             (self._stdout if content.get("name") == "stdout" else self._stderr).add(
                 str(content.get("text", ""))
             )
         elif kind in ("execute_result", "display_data"):
-            data = content.get("data") or {}
+            data = content.get("data")
+            if not isinstance(data, dict):
+                return
             final = data.get(FINAL_MIME)
             if isinstance(final, dict) and isinstance(final.get("answer"), str):
-                self.final = final["answer"]
+                self._take_final(final["answer"])
             elif kind == "execute_result":
-                self.result = str(data.get("text/plain", ""))[: self._limit]
+                self.result = self._keep(data.get("text/plain", ""))
             elif "text/plain" in data:
-                self.displays.append(str(data["text/plain"])[: self._limit])
+                self.displays.append(self._keep(data["text/plain"]))
         elif kind == "error":
-            traceback = strip_ansi("\n".join(str(line) for line in content.get("traceback", [])))
-            self.error = (
-                str(content.get("ename", "Error")),
-                str(content.get("evalue", "")),
-                traceback[: self._limit],
-            )
+            lines = content.get("traceback")
+            traceback = "\n".join(map(str, lines)) if isinstance(lines, list) else str(lines or "")
+            ename, evalue = str(content.get("ename", "Error"))[:200], str(content.get("evalue", ""))[:2000]
+            self.error = (ename, evalue, self._keep(strip_ansi(traceback)))
+
+    def _take_final(self, answer: str) -> None:
+        if len(answer) <= self._max_final_chars:
+            self.final = answer
+            return
+        message = f"final answer of {len(answer)} chars exceeds the {self._max_final_chars}-char limit"
+        self.error = ("FinalAnswerTooLarge", message, f"FinalAnswerTooLarge: {message}")
 
 
 class KernelConnection:
     """Shell, iopub and control channels to one kernel; ``connect`` once, ``close`` once."""
 
-    def __init__(self, connection_info: dict[str, Any], *, max_output_bytes: int) -> None:
+    def __init__(
+        self, connection_info: dict[str, Any], *, max_output_bytes: int, max_final_chars: int
+    ) -> None:
         self._context = zmq.asyncio.Context()
         # Defaults for every socket of this context: never reconnect, never accept a giant message.
         self._context.setsockopt(zmq.RECONNECT_IVL, -1)
-        self._context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._context.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self._context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES)
         self._client = AsyncKernelClient(context=self._context)
         self._client.load_connection_info(connection_info)
         self._max_output_bytes = max_output_bytes
+        self._max_final_chars = max_final_chars
 
     async def connect(self, timeout: float) -> None:
         """Open the channels and wait until the kernel answers on shell and publishes on iopub."""
@@ -127,14 +149,14 @@ class KernelConnection:
             # ipykernel greets each new iopub subscriber; any message proves the subscription is live.
             while True:
                 message = await self._client.iopub_channel.get_msg()
-                if message["msg_type"] == "iopub_welcome" or message["parent_header"].get("msg_id") == msg_id:
+                if message.get("msg_type") == "iopub_welcome" or _parent_id(message) == msg_id:
                     break
 
     async def execute(self, code: str, timeout: float) -> RawCell:
         """Run ``code``. A cell still running after ``timeout`` comes back with ``completed`` False."""
         # stop_on_error would abort requests queued behind a failing cell; the host never queues any.
         msg_id = self._client.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
-        cell = RawCell(msg_id, self._max_output_bytes)
+        cell = RawCell(msg_id, self._max_output_bytes, self._max_final_chars)
         try:
             await asyncio.wait_for(self._collect(msg_id, cell), timeout)
         except TimeoutError:
@@ -158,10 +180,12 @@ class KernelConnection:
                 message = await self._client.iopub_channel.get_msg(timeout=remaining)
             except queue.Empty:
                 return False
+            content = message.get("content")
             if (
-                message["msg_type"] == "status"
-                and message["content"].get("execution_state") == "idle"
-                and message["parent_header"].get("msg_id") == msg_id
+                message.get("msg_type") == "status"
+                and isinstance(content, dict)
+                and content.get("execution_state") == "idle"
+                and _parent_id(message) == msg_id
             ):
                 return True
         return False
@@ -174,16 +198,23 @@ class KernelConnection:
         async with asyncio.timeout(timeout):
             while True:
                 message = await channel.get_msg()
-                if message["parent_header"].get("msg_id") == msg_id:
+                if _parent_id(message) == msg_id:
                     return message
 
     async def _collect(self, msg_id: str, cell: RawCell) -> None:
         while True:
             message = await self._client.iopub_channel.get_msg()
-            if message["parent_header"].get("msg_id") != msg_id:
+            content = message.get("content")
+            if _parent_id(message) != msg_id or not isinstance(content, dict):
                 continue
-            content = message["content"]
-            if message["msg_type"] == "status" and content.get("execution_state") == "idle":
+            if message.get("msg_type") == "status" and content.get("execution_state") == "idle":
                 cell.completed = True
                 return
-            cell.absorb(message["msg_type"], content)
+            cell.absorb(str(message.get("msg_type")), content)
+
+
+def _parent_id(message: dict[str, Any]) -> str | None:
+    """The id of the request a kernel message answers, if the message is well-formed enough to say."""
+    parent = message.get("parent_header")
+    msg_id = parent.get("msg_id") if isinstance(parent, dict) else None
+    return msg_id if isinstance(msg_id, str) else None

@@ -38,12 +38,12 @@ __all__ = [
     "Response",
     "decode_request",
     "encode_frame",
-    "read_frame",
+    "read_frame_length",
 ]
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
-MAX_REQUEST_BYTES = 256 * 1024 * 1024
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 # Paths inside the container. SESSION_MOUNT is read-only; IPC_MOUNT holds the kernel's ZMQ sockets and is
 # made read-only for the container user as soon as the kernel has bound them.
@@ -116,10 +116,11 @@ def encode_frame(payload: BaseModel | dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_REQUEST_BYTES) -> bytes | None:
-    """Read one frame's body; ``None`` on a clean end of stream before a frame starts.
+async def read_frame_length(reader: asyncio.StreamReader, max_bytes: int) -> int | None:
+    """Read a frame header: the body's length, or ``None`` on a clean end of stream.
 
-    Raises BridgeError for an oversize announcement or a stream cut mid-frame.
+    Raises BridgeError for a stream cut inside the header or a length over ``max_bytes``, before any of the
+    body is read.
     """
     try:
         header = await reader.readexactly(HEADER.size)
@@ -130,10 +131,7 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_REQUEST_
     (length,) = HEADER.unpack(header)
     if length > max_bytes:
         raise BridgeError(f"bridge frame of {length} bytes exceeds the {max_bytes}-byte limit")
-    try:
-        return await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise BridgeError("bridge stream ended inside a frame") from exc
+    return length
 
 
 def decode_request(body: bytes) -> ReadyRequest | LLMQueryRequest:

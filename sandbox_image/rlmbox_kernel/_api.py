@@ -68,13 +68,10 @@ def _describe(value: Any) -> str:
         return kind
 
 
-def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any]:
-    """The names to add to the REPL, bound to this session's bridge and limits."""
-    session = json.loads((session_dir / SESSION_FILE).read_text())
-    bridge = BridgeClient(str(session_dir / BRIDGE_SOCKET), session["token"])
+def _query_functions(session: dict[str, Any], bridge: BridgeClient) -> tuple[Callable[..., Any], ...]:
+    """``llm_query`` and ``llm_query_batched``, checking the session's limits before anything is sent."""
     max_prompt_chars: int = session["max_prompt_chars"]
     max_batch_size: int = session["max_batch_size"]
-    max_final_chars: int = session["max_final_chars"]
 
     def _query(prompts: list[str], model: str | None) -> list[dict[str, Any]]:
         for prompt in prompts:
@@ -86,7 +83,10 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
                 )
         if model is not None and not isinstance(model, str):
             raise TypeError("model must be a str or None")
-        response = bridge.request("llm_query", prompts=prompts, model=model)
+        try:
+            response = bridge.request("llm_query", prompts=prompts, model=model)
+        except ValueError as exc:
+            raise LLMQueryError(f"{exc}; send fewer or shorter prompts per call") from None
         if not response.get("ok"):
             error = response.get("error") or {}
             raise _ERRORS.get(error.get("type"), LLMQueryError)(error.get("message", "llm_query failed"))
@@ -108,6 +108,16 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
             raise LLMQueryError(f"{len(items)} prompts exceed the batch limit of {max_batch_size}")
         outcomes = _query(items, model)
         return [o["text"] if o["ok"] else QueryFailed(o.get("error") or "unknown error") for o in outcomes]
+
+    return llm_query, llm_query_batched
+
+
+def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any]:
+    """The names to add to the REPL, bound to this session's bridge and limits."""
+    session = json.loads((session_dir / SESSION_FILE).read_text())
+    bridge = BridgeClient(str(session_dir / BRIDGE_SOCKET), session["token"], session["max_request_bytes"])
+    llm_query, llm_query_batched = _query_functions(session, bridge)
+    max_final_chars: int = session["max_final_chars"]
 
     def FINAL(answer: Any) -> None:
         """Give the final answer; the run ends after this cell."""

@@ -76,6 +76,7 @@ class KernelBackedSandbox(SandboxBackend):
             self.handler,
             max_prompt_chars=config.max_prompt_chars,
             max_batch_size=config.max_batch_size,
+            max_request_bytes=config.max_request_bytes,
         )
         await self._bridge.start()
         await asyncio.to_thread(session.write_context, self.context)
@@ -87,6 +88,7 @@ class KernelBackedSandbox(SandboxBackend):
                 "token": token,
                 "max_prompt_chars": config.max_prompt_chars,
                 "max_batch_size": config.max_batch_size,
+                "max_request_bytes": config.max_request_bytes,
                 "max_final_chars": config.max_final_chars,
             },
         )
@@ -94,7 +96,11 @@ class KernelBackedSandbox(SandboxBackend):
         await self._launch(session, self._exited)
         await self._until_ready(config.start_timeout_s)
         session.check_kernel_sockets()
-        self._kernel = KernelConnection(host_connection, max_output_bytes=config.max_cell_output_bytes)
+        self._kernel = KernelConnection(
+            host_connection,
+            max_output_bytes=config.max_cell_output_bytes,
+            max_final_chars=config.max_final_chars,
+        )
         await self._race_exit(self._kernel.connect(config.start_timeout_s))
         session.pin_kernel_sockets()
         setup = await self._race_exit(
