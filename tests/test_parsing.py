@@ -61,3 +61,14 @@ def test_truncate_middle_keeps_head_and_tail_within_limit():
 
 def test_truncate_middle_leaves_short_text_alone():
     assert truncate_middle("short", 100) == "short"
+
+
+def test_final_stops_at_its_own_closing_parenthesis():
+    """Text after the answer, even with parentheses of its own, is not part of the answer."""
+    assert find_text_final("FINAL(42)\nFound in chunk 3 (of 10)").answer == "42"
+    assert find_text_final("FINAL(f(x) = 2)").answer == "f(x) = 2"
+    assert find_text_final('FINAL("a ) in a string")\nmore (text)').answer == "a ) in a string"
+
+
+def test_final_without_closing_parenthesis_takes_the_line():
+    assert find_text_final("FINAL(cut off answer\nnext line").answer == "cut off answer"

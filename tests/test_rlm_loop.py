@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -192,3 +193,44 @@ def test_usage_is_reported_per_model(tmp_path):
     assert result.usage["root-model"].calls == 2
     assert result.usage["root-model"].prompt_tokens == 200
     assert result.cost_usd == pytest.approx(0.002)
+
+
+def test_a_slow_clean_up_at_the_deadline_keeps_the_answer(tmp_path):
+    """The wall clock bounds the turns; closing the sandbox afterwards must not turn success into failure."""
+
+    class SlowToClose(FakeSandbox):
+        async def _stop(self) -> None:
+            await asyncio.sleep(0.5)
+            await super()._stop()
+
+    sandbox = SlowToClose(lambda code: CellResult())
+    result, _, _ = run(tmp_path, ["FINAL(on time)"], sandbox, max_wall_s=0.3)
+    assert (result.status, result.answer) == ("completed", "on time")
+    assert sandbox.stops == 1
+
+
+def test_final_var_at_the_last_chance_is_resolved(tmp_path):
+    def handler(code: str) -> CellResult:
+        return CellResult(final="Paris") if code == "FINAL_VAR('answer')" else CellResult()
+
+    replies = ["```repl\nanswer = 'Paris'\n```", 'FINAL_VAR("answer")']
+    result, _, _ = run(tmp_path, replies, fake(handler), max_iterations=1)
+    assert (result.status, result.answer) == ("budget_exhausted", "Paris")
+
+
+def test_secrets_in_completion_kwargs_and_urls_stay_out_of_the_trajectory(tmp_path):
+    config = Settings(
+        llm={
+            "model": "root-model",
+            "api_base": "https://user:hunter2-pass@proxy.example/v1",
+            "completion_kwargs": {
+                "extra_headers": {"Authorization": "Bearer abcdefghijkl"},
+                "temperature": 0,
+            },
+        },
+        trajectory_dir=tmp_path,
+    )
+    result = RLM(config, sandbox=fake(), lm=ScriptedLM(["FINAL(x)"])).run("ctx", "q")
+    text = Path(result.trajectory).read_text()
+    assert "hunter2-pass" not in text and "abcdefghijkl" not in text
+    assert '"temperature": 0' in text  # the rest of the settings is kept

@@ -99,6 +99,10 @@ class Ledger:
         if self.parent is not None:
             self.parent._ensure_sub_calls(count)
 
+    def release_sub_calls(self, count: int) -> None:
+        """Give back reserved sub-calls that were never made."""
+        self._add_sub_calls(-count)
+
     def _add_sub_calls(self, count: int) -> None:
         self.sub_calls += count
         if self.parent is not None:

@@ -14,20 +14,32 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "ensure_logging", "redact_secrets"]
+__all__ = ["configure_logging", "ensure_logging", "redact", "redact_secrets"]
 
-_SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(api_?key|token|secret|password|passwd|authorization|credential|cookie)", re.IGNORECASE
+)
 _SECRET_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with secrets masked: values under secret-looking keys (at any depth),
+    key-shaped strings, and credentials in URLs."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if _SECRET_KEY.search(str(k)) and v is not None else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub("***@", _SECRET_VALUE.sub("***", value))
+    return value
 
 
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A structlog processor: mask values of secret-looking keys and key-shaped strings anywhere."""
-    for key, value in list(event.items()):
-        if _SECRET_KEY.search(key) and value is not None:
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = _SECRET_VALUE.sub("***", value)
-    return event
+    """A structlog processor applying ``redact`` to every field of the event."""
+    return redact(dict(event))
 
 
 def configure_logging(level: int = logging.WARNING, *, json_output: bool | None = None) -> None:

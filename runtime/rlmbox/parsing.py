@@ -11,7 +11,7 @@ __all__ = ["TextFinal", "extract_code_blocks", "find_text_final", "strip_code_bl
 _FENCE = re.compile(r"```[ \t]*(repl|python|py|python3)[ \t]*\r?\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 _ANY_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _FINAL_VAR = re.compile(r"^[ \t]*FINAL_VAR\([ \t]*[\"']?([A-Za-z_]\w*)[\"']?[ \t]*\)", re.MULTILINE)
-_FINAL = re.compile(r"^[ \t]*FINAL\((.*)\)[ \t]*$", re.MULTILINE | re.DOTALL)
+_FINAL = re.compile(r"^[ \t]*FINAL\(", re.MULTILINE)
 
 
 def extract_code_blocks(reply: str) -> list[str]:
@@ -39,8 +39,30 @@ def find_text_final(reply: str) -> TextFinal | None:
     if match := _FINAL_VAR.search(prose):
         return TextFinal(variable=match.group(1))
     if match := _FINAL.search(prose):
-        return TextFinal(answer=_unquote(match.group(1).strip()))
+        return TextFinal(answer=_unquote(_up_to_closing_paren(prose, match.end()).strip()))
     return None
+
+
+def _up_to_closing_paren(text: str, start: int) -> str:
+    """The text from ``start`` up to the parenthesis closing the ``FINAL(`` that ends just before it.
+
+    Nested parentheses count; an answer written as a string literal may contain any parenthesis. An answer
+    may span lines; with no closing parenthesis at all, the rest of the line is the answer.
+    """
+    if text[start : start + 1] in ("'", '"'):
+        literal = re.match(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')[ \t]*\)""", text[start:], re.DOTALL)
+        if literal:
+            return literal.group(1)
+    depth = 1
+    for index in range(start, len(text)):
+        if text[index] == "(":
+            depth += 1
+        elif text[index] == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start:index]
+    line_end = text.find("\n", start)
+    return text[start : None if line_end == -1 else line_end]
 
 
 def _unquote(text: str) -> str:

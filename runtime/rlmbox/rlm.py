@@ -21,7 +21,7 @@ from rlmbox._exceptions import BudgetExceeded, ConfigError, KernelDiedError, RLM
 from rlmbox.config import Settings
 from rlmbox.ledger import Charge, Ledger, ModelUsage
 from rlmbox.llm import LMClient, context_window_chars
-from rlmbox.log import ensure_logging
+from rlmbox.log import ensure_logging, redact
 from rlmbox.parsing import extract_code_blocks, find_text_final, strip_code_blocks
 from rlmbox.prompts import (
     describe_cell,
@@ -108,7 +108,7 @@ class RLM:
                 run_id=run_id,
                 query=query,
                 context=_context_digest(context),
-                settings=self.settings.model_dump(mode="json"),
+                settings=redact(self.settings.model_dump(mode="json")),
             )
             outcome = await self._run(context, query, ledger, writer)
             result = RunResult(
@@ -158,11 +158,13 @@ class RLM:
             {"role": "user", "content": first_user_message(query)},
         ]
         writer.write("system_prompt", text=messages[0]["content"])
+        deadline: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(ledger.remaining_s()) as deadline, sandbox:
+            # The wall clock bounds the turns, not the sandbox's clean-up.
+            async with sandbox, asyncio.timeout(ledger.remaining_s()) as deadline:
                 return await turns.loop(messages)
         except TimeoutError as exc:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 return _failure(exc)
             return _Outcome(
                 status="budget_exhausted",
@@ -270,7 +272,13 @@ class _Turns:
             descriptions.append(describe_cell(index, len(blocks), cell, limit))
         text_final = find_text_final(reply)
         if text_final is not None:
-            answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+            try:
+                answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+            except KernelDiedError as exc:
+                descriptions.append(
+                    await self._recover_kernel(exc, iteration, 0, f"FINAL_VAR({text_final.variable!r})")
+                )
+                return None, turn_feedback(descriptions, iteration, self.settings.limits.max_iterations)
             if answer is not None:
                 return answer, ""
             descriptions.append(f"[FINAL_VAR({text_final.variable}): no such variable in the REPL]")
@@ -279,9 +287,11 @@ class _Turns:
         return None, turn_feedback(descriptions, iteration, self.settings.limits.max_iterations)
 
     async def _resolve_text_final(self, answer: str | None, variable: str | None) -> str | None:
+        """The answer written in prose, or the value of the variable it names (None if there is none)."""
         if variable is None:
             return answer
         cell = await self.sandbox.execute(f"FINAL_VAR({variable!r})")
+        self.writer.write("final_var", variable=variable, found=cell.final is not None)
         return cell.final
 
     async def _recover_kernel(self, exc: KernelDiedError, iteration: int, index: int, code: str) -> str:
@@ -306,9 +316,15 @@ class _Turns:
         except (BudgetExceeded, RLMBoxError):
             reply = ""
         text_final = find_text_final(reply)
-        if text_final is not None and text_final.answer is not None:
-            self.partial_answer = text_final.answer
-        elif prose := strip_code_blocks(reply).strip():
+        answer = None
+        if text_final is not None:
+            try:
+                answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+            except RLMBoxError:
+                answer = None
+        if answer is not None:
+            self.partial_answer = answer
+        elif text_final is None and (prose := strip_code_blocks(reply).strip()):
             self.partial_answer = prose
         return _Outcome(
             status="budget_exhausted",

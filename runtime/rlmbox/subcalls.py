@@ -48,19 +48,30 @@ class SubCallRouter:
             raise BridgeError(f"model {chosen!r} is not configured for this run (allowed: {allowed})")
         self._ledger.reserve_sub_calls(len(prompts))
         batch = len(prompts)
-        return list(
-            await asyncio.gather(*(self._one(chosen, prompt, i, batch) for i, prompt in enumerate(prompts)))
-        )
+        # A TaskGroup: if one call fails unexpectedly, the others are cancelled rather than left spending.
+        async with asyncio.TaskGroup() as group:
+            calls = [
+                group.create_task(self._one(chosen, prompt, i, batch)) for i, prompt in enumerate(prompts)
+            ]
+        return [call.result() for call in calls]
 
     async def _one(self, model: str, prompt: str, index: int, batch: int) -> QueryOutcome:
         async with self._limit:
             started = time.perf_counter()
             try:
                 self._ledger.check()
+            except BudgetExceeded as exc:
+                self._ledger.release_sub_calls(1)  # reserved, but never made
+                return QueryOutcome(ok=False, error=str(exc))
+            try:
                 completion = await self._lm.complete(
                     model, [{"role": "user", "content": prompt}], timeout_s=self._ledger.remaining_s()
                 )
-            except (LLMError, BudgetExceeded) as exc:
+            except asyncio.CancelledError:
+                # The provider may bill a request it already received: charge the prompt, price unknown.
+                self._ledger.record(Charge(model, len(prompt) // 4, 0, None))
+                raise
+            except LLMError as exc:
                 self._trajectory.write(
                     "sub_call",
                     iteration=self.iteration,
@@ -75,6 +86,8 @@ class SubCallRouter:
         self._ledger.record(
             Charge(model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd)
         )
+        if completion.cost_usd is None and self._ledger.limits.max_cost_usd is not None:
+            log.warning("budget.cost_unknown", model=model, note="the cost limit cannot count this model")
         self._trajectory.write(
             "sub_call",
             iteration=self.iteration,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -15,6 +16,7 @@ from rlmbox.log import ensure_logging
 __all__ = ["CellError", "CellResult", "ContextInput", "KernelExit", "SandboxBackend", "SandboxState"]
 
 ContextInput = str | list | dict | None
+CLOSE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,14 @@ class SandboxBackend(abc.ABC):
         if self.state is SandboxState.CLOSED:
             return
         self.state = SandboxState.CLOSED
-        await self._stop()
+        # Cleanup runs to its end even when the caller is cancelled (a second Ctrl-C, a deadline):
+        # wait for it, bounded, then let the cancellation through.
+        stopping = asyncio.ensure_future(self._stop())
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            await asyncio.wait({stopping}, timeout=CLOSE_TIMEOUT_S)
+            raise
 
     @abc.abstractmethod
     async def _start(self) -> None: ...

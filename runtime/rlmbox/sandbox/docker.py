@@ -32,6 +32,7 @@ __all__ = ["DockerSandbox", "connect_docker", "container_spec"]
 log = structlog.get_logger(__name__)
 
 HOME = "/home/sandbox"
+CREATE_TIMEOUT_S = 60.0
 DOCKER_HINT = "start it (e.g. `sudo systemctl start docker`, or `make docker` as root on Debian/Ubuntu)"
 
 
@@ -102,22 +103,32 @@ class DockerSandbox(KernelBackedSandbox):
         client = self._client
         await asyncio.to_thread(reap_orphans_once, client, self.config.runtime_dir)
         spec = container_spec(self.config, session)
+        # The daemon finishes what a worker thread asked of it even if we stop waiting: on cancellation,
+        # let the thread finish so that the container it made is recorded, and removed by _terminate.
+        creation = asyncio.ensure_future(asyncio.to_thread(self._create_and_start, client, spec))
         try:
-            # create + start, never run(): run() would try to pull a missing image from a registry.
-            self._container = await asyncio.to_thread(client.containers.create, **spec)
-            await asyncio.to_thread(self._container.start)
+            await asyncio.shield(creation)
+        except asyncio.CancelledError:
+            await asyncio.wait({creation}, timeout=CREATE_TIMEOUT_S)
+            raise
         except docker.errors.ImageNotFound as exc:
             raise ImageMissingError(
                 f"the sandbox image {self.config.image} is not built on this machine: run `make image`"
             ) from exc
         except docker.errors.APIError as exc:
             raise SandboxStartError(f"Docker could not start the sandbox: {exc.explanation or exc}") from exc
+        assert self._container is not None
         log.debug("sandbox.container_started", container=self._container.short_id, session=session.session_id)
         loop = asyncio.get_running_loop()
         watcher = threading.Thread(
             target=_watch_exit, args=(self._container, loop, exited), name="rlmbox-exit-watch", daemon=True
         )
         watcher.start()
+
+    def _create_and_start(self, client: docker.DockerClient, spec: dict[str, Any]) -> None:
+        # create + start, never run(): run() would try to pull a missing image from a registry.
+        self._container = client.containers.create(**spec)
+        self._container.start()
 
     async def _terminate(self) -> None:
         container, self._container = self._container, None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Awaitable
@@ -101,7 +102,12 @@ class KernelBackedSandbox(SandboxBackend):
             max_output_bytes=config.max_cell_output_bytes,
             max_final_chars=config.max_final_chars,
         )
-        await self._race_exit(self._kernel.connect(config.start_timeout_s))
+        try:
+            await self._race_exit(self._kernel.connect(config.start_timeout_s))
+        except TimeoutError as exc:
+            raise SandboxStartTimeout(
+                f"the kernel did not answer within {config.start_timeout_s:g}s"
+            ) from exc
         session.pin_kernel_sockets()
         setup = await self._race_exit(
             self._kernel.execute(f"__import__('rlmbox_kernel').install({ro_dir!r})", config.start_timeout_s)
@@ -126,16 +132,19 @@ class KernelBackedSandbox(SandboxBackend):
             raise SandboxStartTimeout(message) from exc
 
     async def _stop(self) -> None:
-        if self._kernel is not None:
-            self._kernel.close()
-            self._kernel = None
-        await self._terminate()
-        if self._bridge is not None:
-            await self._bridge.aclose()
-            self._bridge = None
-        if self._session is not None:
-            self._session.remove()
-            self._session = None
+        """Close the kernel connection, end the kernel, close the bridge, remove the session directory:
+        every step runs even if an earlier one fails."""
+        kernel, self._kernel = self._kernel, None
+        bridge, self._bridge = self._bridge, None
+        session, self._session = self._session, None
+        async with contextlib.AsyncExitStack() as steps:  # callbacks run last-in, first-out
+            if session is not None:
+                steps.callback(session.remove)
+            if bridge is not None:
+                steps.push_async_callback(bridge.aclose)
+            steps.push_async_callback(self._terminate)
+            if kernel is not None:
+                steps.callback(kernel.close)
 
     # -- cells ---------------------------------------------------------------------------------------
 

@@ -44,7 +44,11 @@ def reap_containers(client: docker.DockerClient) -> int:
     """Remove rlmbox containers whose owning process has died; returns how many."""
     removed = 0
     # sparse: no per-container inspect, which would race with containers being removed meanwhile
-    listed = client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_PREFIX}.session"})
+    try:
+        listed = client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_PREFIX}.session"})
+    except docker.errors.DockerException as exc:
+        log.warning("sandbox.reap_failed", error=str(exc))
+        return 0
     for container in listed:
         labels = container.attrs.get("Labels") or {}
         if not _orphaned(ProcessIdentity.from_labels(labels, f"{LABEL_PREFIX}.owner")):
@@ -52,6 +56,11 @@ def reap_containers(client: docker.DockerClient) -> int:
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # another process is removing it right now
+                continue
+            log.warning("sandbox.reap_failed", container=container.short_id, error=str(exc))
             continue
         removed += 1
         log.info("sandbox.reaped_container", container=container.short_id)

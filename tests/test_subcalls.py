@@ -1,0 +1,95 @@
+"""The sub-call router: model allow-list, ledger accounting, order, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rlmbox import BridgeError, BudgetExceeded, Limits, LLMError
+from rlmbox.ledger import Ledger
+from rlmbox.llm import Completion
+from rlmbox.subcalls import SubCallRouter
+from rlmbox.trajectory import TrajectoryWriter
+
+
+class FakeLM:
+    def __init__(self, cost: float | None = 0.1, delay: float = 0.0, fail: set[str] | None = None) -> None:
+        self.cost, self.delay, self.fail = cost, delay, fail or set()
+        self.in_flight = self.peak = 0
+        self.started = asyncio.Event()
+
+    async def complete(self, model, messages, *, timeout_s=None):
+        prompt = messages[-1]["content"]
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.started.set()
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+        if prompt in self.fail:
+            raise LLMError(f"provider failed on {prompt}")
+        return Completion(prompt.upper(), model, 400, 10, self.cost, self.delay, 1)
+
+
+def router(tmp_path, lm, limits: Limits, concurrency: int = 4) -> tuple[SubCallRouter, Ledger]:
+    ledger = Ledger(limits)
+    writer = TrajectoryWriter(tmp_path / "t.jsonl").__enter__()
+    return SubCallRouter(
+        lm, ledger, writer, default_model="sub", allowed_models={"sub", "root"}, max_concurrency=concurrency
+    ), ledger
+
+
+def test_answers_in_order_with_per_item_failures(tmp_path):
+    calls, ledger = router(tmp_path, FakeLM(fail={"b"}), Limits())
+    outcomes = asyncio.run(calls.llm_query(["a", "b", "c"], None))
+    assert [(o.ok, o.text) for o in outcomes] == [(True, "A"), (False, None), (True, "C")]
+    assert "provider failed on b" in outcomes[1].error
+    assert ledger.sub_calls == 3 and ledger.usage["sub"].calls == 2
+
+
+def test_only_configured_models(tmp_path):
+    calls, _ = router(tmp_path, FakeLM(), Limits())
+    with pytest.raises(BridgeError, match="not configured for this run"):
+        asyncio.run(calls.llm_query(["a"], "openai/gpt-5"))
+    assert asyncio.run(calls.llm_query(["a"], "root"))[0].ok
+
+
+def test_batch_over_the_sub_call_budget_is_refused_whole(tmp_path):
+    calls, ledger = router(tmp_path, FakeLM(), Limits(max_sub_calls=2))
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(calls.llm_query(["a", "b", "c"], None))
+    assert ledger.sub_calls == 0
+
+
+def test_prompts_refused_by_the_cost_budget_are_not_counted(tmp_path):
+    calls, ledger = router(tmp_path, FakeLM(cost=0.1), Limits(max_cost_usd=0.15), concurrency=1)
+    outcomes = asyncio.run(calls.llm_query(["a", "b", "c", "d"], None))
+    assert [o.ok for o in outcomes] == [True, True, False, False]
+    assert ledger.sub_calls == 2 and ledger.cost_usd == pytest.approx(0.2)
+
+
+def test_concurrency_is_capped(tmp_path):
+    lm = FakeLM(delay=0.01)
+    calls, _ = router(tmp_path, lm, Limits(), concurrency=3)
+    asyncio.run(calls.llm_query([str(i) for i in range(20)], None))
+    assert lm.peak == 3
+
+
+def test_cancelled_calls_are_still_charged(tmp_path):
+    """A caller hanging up must not make spent sub-calls free."""
+    lm = FakeLM(delay=30)
+
+    async def main():
+        calls, ledger = router(tmp_path, lm, Limits())
+        task = asyncio.create_task(calls.llm_query(["x" * 4000, "y" * 4000], None))
+        await lm.started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return ledger
+
+    ledger = asyncio.run(main())
+    assert ledger.sub_calls == 2
+    assert ledger.tokens == 2000 and ledger.usage["sub"].cost_known is False
