@@ -239,3 +239,20 @@ def test_cli_unknown_provider_is_a_clear_error(runtime_dir, tmp_path):
     assert done.returncode == 4
     assert "nosuchprovider/model" in done.stderr and "Traceback" not in done.stderr
     assert rlmbox_containers(runtime_dir) == []
+
+
+def test_cli_demo_runs_offline_end_to_end(runtime_dir, tmp_path):
+    """`rlmbox demo` with no model: the scripted policy drives a real container, bridge and sub-calls."""
+    from rlmbox.demo.haystack import make_haystack
+
+    done = rlmbox(
+        "demo", "--size", "500000", "--seed", "3", "--json", "--trajectory", str(tmp_path / "t.jsonl"),
+        runtime_dir=runtime_dir,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "not a language model" in done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed"
+    assert result["answer"] == make_haystack(500_000, seed=3).answer
+    assert result["sub_calls"] >= 3 and result["iterations"] == 3
+    assert rlmbox_containers(runtime_dir) == []

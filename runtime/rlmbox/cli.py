@@ -170,8 +170,9 @@ async def _demo(args: argparse.Namespace) -> int:
         from rlmbox.demo.policy import DEMO_NOTICE, DEMO_ROOT_MODEL, DEMO_SUB_MODEL, register_demo_provider
 
         print(
-            f"rlmbox demo: no --model or RLMBOX_MODEL given. {DEMO_NOTICE} It is reached through litellm\n"
-            "like a model; everything else is real: the container, the kernel, the bridge, every sub-call.",
+            "rlmbox demo: no --model or RLMBOX_MODEL given, so the root and sub-model are rlmbox-demo.\n"
+            f"  {DEMO_NOTICE}\n"
+            "  It is reached through litellm like a model; container, kernel, bridge and sub-calls are real.",
             file=sys.stderr,
         )
         register_demo_provider()
@@ -182,10 +183,11 @@ async def _demo(args: argparse.Namespace) -> int:
         f"rlmbox demo: a {len(haystack.text):,}-character document; query: {haystack.query}", file=sys.stderr
     )
     result = await RLM(settings).arun(haystack.text, haystack.query, trajectory=args.trajectory)
+    code = _report(result, args.json)
     if not args.json:
         verdict = "correct" if result.answer and haystack.answer in result.answer else "WRONG"
         print(f"expected answer: {haystack.answer} ({verdict})", file=sys.stderr)
-    return _report(result, args.json)
+    return code
 
 
 async def _exec(args: argparse.Namespace) -> int:
@@ -238,7 +240,7 @@ def _report(result: RunResult, as_json: bool) -> int:
         print(result.model_dump_json())
     else:
         if result.answer is not None:
-            print(result.answer)
+            print(result.answer, flush=True)
         tokens = sum(u.prompt_tokens + u.completion_tokens for u in result.usage.values())
         print(
             f"status: {result.status}  iterations: {result.iterations}  sub-calls: {result.sub_calls}  "
