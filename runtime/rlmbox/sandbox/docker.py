@@ -18,7 +18,7 @@ import structlog
 from docker.models.containers import Container
 from docker.types import LogConfig, Mount, Ulimit
 
-from rlmbox._exceptions import DockerUnavailableError, ImageMissingError, SandboxStartError
+from rlmbox._exceptions import DockerUnavailableError, ImageMissingError, SandboxError, SandboxStartError
 from rlmbox.config import SandboxConfig
 from rlmbox.protocol import CONNECTION_FILE, IPC_MOUNT, SESSION_MOUNT
 from rlmbox.sandbox.base import KernelExit, SandboxState
@@ -117,6 +117,10 @@ class DockerSandbox(KernelBackedSandbox):
             ) from exc
         except docker.errors.APIError as exc:
             raise SandboxStartError(f"Docker could not start the sandbox: {exc.explanation or exc}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DockerUnavailableError(
+                f"lost the Docker daemon while starting the sandbox ({exc})"
+            ) from exc
         assert self._container is not None
         log.debug("sandbox.container_started", container=self._container.short_id, session=session.session_id)
         loop = asyncio.get_running_loop()
@@ -157,7 +161,13 @@ def _remove(container: Container) -> None:
         return
     except docker.errors.APIError as exc:
         if exc.status_code != 409:  # 409: removal already in progress
-            raise
+            raise SandboxError(f"could not remove container {container.short_id}: {exc.explanation}") from exc
+    except requests.exceptions.RequestException as exc:
+        message = (
+            f"lost the Docker daemon before container {container.short_id} was removed; the first rlmbox "
+            "process started after this one exits removes it"
+        )
+        raise DockerUnavailableError(message) from exc
 
 
 def _watch_exit(
