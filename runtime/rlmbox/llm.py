@@ -281,11 +281,7 @@ class LMClient:
 
         ``rlmbox-demo/...`` models (the scripted offline policy) are registered with litellm on first use.
         """
-        litellm = load_litellm()
-        if model.startswith(_DEMO_PREFIX):
-            from rlmbox.demo.policy import register_demo_provider
-
-            register_demo_provider()
+        litellm = _litellm_for(model)
         timeout = self._settings.request_timeout_s
         if timeout_s is not None:
             timeout = min(timeout, timeout_s)
@@ -377,15 +373,32 @@ class LMClient:
         return completion
 
 
-def _cost_usd(response: Any, model: str) -> float | None:
-    """Price of one response from litellm's bundled table, or None when the model is not in it."""
+def _litellm_for(model: str) -> ModuleType:
+    """litellm, with the offline demo provider registered first when ``model`` names it."""
     litellm = load_litellm()
-    try:
-        cost = litellm.completion_cost(completion_response=response, model=model)
-    # Boundary: for an unpriced model litellm raises anything from its own errors to a bare Exception.
-    except Exception as exc:
-        log.debug("llm.cost_unknown", model=model, error_type=type(exc).__name__)
-        return None
+    if model.startswith(_DEMO_PREFIX):
+        from rlmbox.demo.policy import register_demo_provider
+
+        register_demo_provider()
+    return litellm
+
+
+def _cost_usd(response: Any, model: str) -> float | None:
+    """Price of one response from litellm's bundled table, or None when the model is not in it.
+
+    litellm prices every response it returns (``None`` when it cannot); that figure is reused rather
+    than computed a second time, which for an unpriced model means a second failed lookup.
+    """
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:
+        cost = hidden["response_cost"]
+    else:
+        try:
+            cost = load_litellm().completion_cost(completion_response=response, model=model)
+        # Boundary: for an unpriced model litellm raises anything from its own errors to a bare Exception.
+        except Exception as exc:
+            log.debug("llm.cost_unknown", model=model, error_type=type(exc).__name__)
+            return None
     if not isinstance(cost, int | float) or cost < 0:
         return None
     return float(cost)
@@ -397,11 +410,7 @@ def context_window_chars(model: str) -> int:
     From the input-token limit in litellm's bundled table at ``USABLE_CHARS_PER_TOKEN`` (which leaves room
     for instructions and the answer); ``DEFAULT_CONTEXT_CHARS`` when the model is not in the table.
     """
-    litellm = load_litellm()
-    if model.startswith(_DEMO_PREFIX):
-        from rlmbox.demo.policy import register_demo_provider
-
-        register_demo_provider()
+    litellm = _litellm_for(model)
     try:
         info = litellm.get_model_info(model)
     # Boundary: litellm signals an unknown model with its own errors or a bare Exception.
