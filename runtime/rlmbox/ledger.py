@@ -9,11 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from rlmbox._exceptions import BudgetExceeded
 from rlmbox.config import Limits
+
+if TYPE_CHECKING:
+    from rlmbox.llm import Completion
 
 __all__ = ["Ledger", "ModelUsage"]
 
@@ -30,10 +34,18 @@ class ModelUsage(BaseModel):
 
 @dataclass(frozen=True)
 class Charge:
+    """One model call's cost; ``cost_usd`` is None when the price is unknown."""
+
     model: str
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
+
+    @classmethod
+    def of(cls, completion: Completion) -> Charge:
+        return cls(
+            completion.model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd
+        )
 
 
 class Ledger:

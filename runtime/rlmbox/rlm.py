@@ -221,9 +221,7 @@ class _Turns:
         model = self.settings.llm.model
         assert model is not None
         completion = await self.lm.complete(model, messages, timeout_s=self.ledger.remaining_s())
-        self.ledger.record(
-            Charge(model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd)
-        )
+        self.ledger.record(Charge.of(completion))
         self.writer.write(
             "root_call",
             iteration=iteration,

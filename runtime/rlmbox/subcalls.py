@@ -72,29 +72,17 @@ class SubCallRouter:
                 self._ledger.record(Charge(model, len(prompt) // 4, 0, None))
                 raise
             except LLMError as exc:
-                self._trajectory.write(
-                    "sub_call",
-                    iteration=self.iteration,
-                    model=model,
-                    index=index,
-                    batch=batch,
-                    prompt=text_digest(prompt),
-                    error=str(exc),
-                    duration_s=round(time.perf_counter() - started, 4),
-                )
+                duration = round(time.perf_counter() - started, 4)
+                self._log_call(model, prompt, index, batch, error=str(exc), duration_s=duration)
                 return QueryOutcome(ok=False, error=str(exc))
-        self._ledger.record(
-            Charge(model, completion.prompt_tokens, completion.completion_tokens, completion.cost_usd)
-        )
+        self._ledger.record(Charge.of(completion))
         if completion.cost_usd is None and self._ledger.limits.max_cost_usd is not None:
             log.warning("budget.cost_unknown", model=model, note="the cost limit cannot count this model")
-        self._trajectory.write(
-            "sub_call",
-            iteration=self.iteration,
-            model=model,
-            index=index,
-            batch=batch,
-            prompt=text_digest(prompt),
+        self._log_call(
+            model,
+            prompt,
+            index,
+            batch,
             response=text_digest(completion.text),
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
@@ -103,3 +91,14 @@ class SubCallRouter:
             duration_s=round(completion.duration_s, 4),
         )
         return QueryOutcome(ok=True, text=completion.text)
+
+    def _log_call(self, model: str, prompt: str, index: int, batch: int, **outcome: object) -> None:
+        self._trajectory.write(
+            "sub_call",
+            iteration=self.iteration,
+            model=model,
+            index=index,
+            batch=batch,
+            prompt=text_digest(prompt),
+            **outcome,
+        )
