@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import re
-import time
 from typing import Any
 
 import structlog
@@ -157,13 +155,17 @@ class KernelConnection:
         # stop_on_error would abort requests queued behind a failing cell; the host never queues any.
         msg_id = self._client.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
         cell = RawCell(msg_id, self._max_output_bytes, self._max_final_chars)
-        try:
-            await asyncio.wait_for(self._collect(msg_id, cell), timeout)
-        except TimeoutError:
-            return cell
-        with contextlib.suppress(TimeoutError):
-            await self._reply(self._client.shell_channel, msg_id, timeout=1.0)
+        await self.finish(cell, timeout)
         return cell
+
+    async def finish(self, cell: RawCell, timeout: float) -> bool:
+        """Go on collecting ``cell``'s output until it ends or ``timeout`` passes; True if it ended."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._collect(cell.msg_id, cell), timeout)
+        if cell.completed:
+            with contextlib.suppress(TimeoutError):
+                await self._reply(self._client.shell_channel, cell.msg_id, timeout=1.0)
+        return cell.completed
 
     async def interrupt(self, timeout: float) -> None:
         """Ask the kernel, over the control channel, to raise KeyboardInterrupt in the running cell."""
@@ -171,24 +173,6 @@ class KernelConnection:
         self._client.control_channel.send(message)
         with contextlib.suppress(TimeoutError):
             await self._reply(self._client.control_channel, message["header"]["msg_id"], timeout=timeout)
-
-    async def drain_until_idle(self, msg_id: str, timeout: float) -> bool:
-        """After an interrupt: wait for cell ``msg_id`` to end. True if it did within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                message = await self._client.iopub_channel.get_msg(timeout=remaining)
-            except queue.Empty:
-                return False
-            content = message.get("content")
-            if (
-                message.get("msg_type") == "status"
-                and isinstance(content, dict)
-                and content.get("execution_state") == "idle"
-                and _parent_id(message) == msg_id
-            ):
-                return True
-        return False
 
     def close(self) -> None:
         self._client.stop_channels()

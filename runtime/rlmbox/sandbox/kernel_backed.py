@@ -161,7 +161,7 @@ class KernelBackedSandbox(SandboxBackend):
         assert self._kernel is not None
         grace = self.config.interrupt_grace_s
         await self._race_exit(self._kernel.interrupt(grace))
-        if await self._race_exit(self._kernel.drain_until_idle(cell.msg_id, grace)):
+        if await self._race_exit(self._kernel.finish(cell, grace)):
             message = f"the cell ran past its {timeout:g}s time limit and was interrupted"
             return _to_result(cell, time.perf_counter() - started, timeout_message=message)
         log.warning("sandbox.restart_after_timeout", session=self._session and self._session.session_id)
