@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from rlmbox._exceptions import ConfigError, DockerUnavailableError
 from rlmbox.config import Settings
-from rlmbox.sandbox.session_dir import IPC_PREFIX, MAX_SOCKET_PATH, ensure_runtime_dir
+from rlmbox.sandbox.session_dir import MAX_SOCKET_PATH, ensure_runtime_dir, longest_socket_path
 
 __all__ = ["Check", "run_checks"]
 
@@ -53,7 +52,7 @@ def _runtime_dir(settings: Settings) -> Check:
         ensure_runtime_dir(path)
     except (ConfigError, OSError) as exc:
         return Check("runtime dir", False, f"{path}: {exc}")
-    longest = len(os.fsencode(path / "0123456789ab" / "ipc" / f"{IPC_PREFIX}-5"))
+    longest = longest_socket_path(path)
     if longest > MAX_SOCKET_PATH:
         return Check("socket paths", False, f"{longest} bytes, over {MAX_SOCKET_PATH}: shorten runtime_dir")
     return Check("runtime dir", True, f"{path} (socket paths {longest} of {MAX_SOCKET_PATH} bytes)")

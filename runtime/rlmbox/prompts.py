@@ -13,6 +13,7 @@ __all__ = [
     "context_summary",
     "describe_cell",
     "first_user_message",
+    "kernel_restarted_message",
     "last_chance_message",
     "no_code_reminder",
     "system_prompt",

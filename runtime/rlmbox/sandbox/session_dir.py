@@ -26,11 +26,18 @@ from rlmbox.sandbox.base import ContextInput
 from rlmbox.sandbox.owner import ProcessIdentity
 from rlmbox.sandbox.reaper import OWNER_FILE
 
-__all__ = ["KERNEL_PORTS", "OWNER_FILE", "SessionDir", "ensure_runtime_dir"]
+__all__ = ["KERNEL_PORTS", "OWNER_FILE", "SessionDir", "ensure_runtime_dir", "longest_socket_path"]
 
 KERNEL_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 IPC_PREFIX = "k"
 MAX_SOCKET_PATH = 107
+SESSION_ID_BYTES = 6
+
+
+def longest_socket_path(runtime_dir: Path) -> int:
+    """Bytes in the longest kernel socket path a session under ``runtime_dir`` will use."""
+    session = runtime_dir / ("0" * 2 * SESSION_ID_BYTES)
+    return len(os.fsencode(session / "ipc" / f"{IPC_PREFIX}-{max(KERNEL_PORTS.values())}"))
 
 
 def ensure_runtime_dir(path: Path) -> Path:
@@ -55,15 +62,13 @@ class SessionDir:
 
     @classmethod
     def create(cls, runtime_dir: Path) -> SessionDir:
+        if longest_socket_path(runtime_dir) > MAX_SOCKET_PATH:
+            raise ConfigError(f"socket paths under {runtime_dir} are too long; choose a shorter runtime_dir")
         root = ensure_runtime_dir(runtime_dir)
-        session_id = secrets.token_hex(6)
+        session_id = secrets.token_hex(SESSION_ID_BYTES)
         path = root / session_id
         path.mkdir(mode=0o700)
         session = cls(path, session_id)
-        longest = session.ipc / f"{IPC_PREFIX}-{max(KERNEL_PORTS.values())}"
-        if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
-            session.remove()
-            raise ConfigError(f"socket paths under {runtime_dir} are too long; choose a shorter runtime_dir")
         session.ro.mkdir(mode=0o755)
         os.chmod(session.ro, 0o755)  # explicit: the umask may have narrowed mkdir's mode
         session.ipc.mkdir()
