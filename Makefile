@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 # Written inside the venv after a successful install; the install re-runs when pyproject.toml changes.
 INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
 
-.PHONY: help install docker base-image image demo test bench lint clean clean-all
+.PHONY: help install docker base-image image demo test security-report bench soak lint clean clean-all
 
 help: ## List the targets
 	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -56,10 +56,17 @@ test: install ## Run the tests (sets up Docker and the image first when it can)
 	else \
 		echo "make test: note: no Docker engine; the tests that need Docker will be skipped" >&2; \
 	fi
-	"$(VENV)/bin/pytest" $(PYTEST_ARGS)
+	RLMBOX_SECURITY_REPORT=build/security-report.json "$(VENV)/bin/pytest" $(PYTEST_ARGS)
+
+security-report: install docker image ## Run the escape suite and regenerate the attack table in docs/SECURITY.md
+	RLMBOX_SECURITY_REPORT=build/security-report.json "$(VENV)/bin/pytest" -m attack $(PYTEST_ARGS)
+	"$(VENV)/bin/python" scripts/security_table.py build/security-report.json docs/SECURITY.md
 
 bench: install docker image ## Measure sandbox start, cell and llm_query latency (bench/core.py BENCH_ARGS)
 	"$(VENV)/bin/python" bench/core.py $(BENCH_ARGS)
+
+soak: install docker image ## Soak test: 16 concurrent sessions x 100 cells with sub-calls (bench/soak.py BENCH_ARGS)
+	"$(VENV)/bin/python" bench/soak.py $(BENCH_ARGS)
 
 lint: install ## Check code style (ruff check, ruff format --check)
 	"$(VENV)/bin/ruff" check .

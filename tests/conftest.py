@@ -66,3 +66,40 @@ def docker_config(runtime_dir: Path) -> SandboxConfig:
 @pytest.fixture
 def local_config(runtime_dir: Path) -> SandboxConfig:
     return SandboxConfig(backend="local", runtime_dir=runtime_dir, cell_timeout_s=30)
+
+
+# -- the escape suite's report: what each attack observed, for the table in docs/SECURITY.md ---------------
+
+_OBSERVED: list[dict[str, str]] = []
+
+
+@pytest.fixture
+def observe(request: pytest.FixtureRequest):
+    """``observe(attack, outcome)`` records a row of the attack table (a test may record several)."""
+
+    def record(attack: str, outcome: str) -> None:
+        request.node.user_properties.append(("observed", {"attack": attack, "outcome": outcome}))
+
+    return record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    marker = item.get_closest_marker("attack")
+    if marker is not None and call.when == "call":
+        status = "contained" if report.passed else ("skipped" if report.skipped else "FAILED")
+        for name, row in item.user_properties:
+            if name == "observed":
+                _OBSERVED.append({"category": marker.args[0], **row, "result": status, "test": item.nodeid})
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With RLMBOX_SECURITY_REPORT=PATH, write the attack rows there (for scripts/security_table.py)."""
+    target = os.environ.get("RLMBOX_SECURITY_REPORT")
+    if target and _OBSERVED:
+        import json
+
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(_OBSERVED, indent=1))

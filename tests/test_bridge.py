@@ -241,6 +241,7 @@ def test_kernel_wire_constants_match_the_host_protocol():
         "CONTEXT_TEXT",
         "CONTEXT_JSON",
         "FINAL_MIME",
+        "DROPPED_MIME",
     ):
         assert getattr(kernel_wire, name) == getattr(protocol, name), name
     assert kernel_wire.HEADER.format == protocol.HEADER.format

@@ -61,13 +61,21 @@ def cli(runtime_dir: Path, *args: str, stdin=subprocess.DEVNULL) -> subprocess.P
     )  # fmt: skip
 
 
+def kernel_is_up(session: Path) -> bool:
+    """The kernel has bound its sockets and the host has pinned them (the cell starts right after)."""
+    try:
+        ipc = session / "ipc"
+        return ipc.stat().st_mode & 0o7777 == 0o755 and any(ipc.glob("k-*"))
+    except FileNotFoundError:  # the session directory is still being made, or already removed
+        return False
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_no_container_after_ctrl_c_or_sigterm_mid_cell(runtime_dir, tmp_path, sig, code):
     cell = tmp_path / "cell.py"
     cell.write_text("import time\nprint('running', flush=True)\ntime.sleep(120)")
     process = cli(runtime_dir, "exec", str(cell))
-    # The ipc directory is pinned (0755) once the kernel is up; the cell starts right after.
-    wait_for(lambda: any((d / "ipc").stat().st_mode & 0o777 == 0o755 for d in runtime_dir.iterdir()))
+    wait_for(lambda: any(kernel_is_up(d) for d in runtime_dir.iterdir()))
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr

@@ -1,4 +1,5 @@
-"""The container's hardening, checked by running attacks in it (the full escape suite grows from here)."""
+"""The container as configured: limits as Docker applies them, scratch space, the init. The attacks on it are
+the escape suite (tests/test_attack_*.py)."""
 
 from __future__ import annotations
 
@@ -30,76 +31,6 @@ def run(sandbox, code: str) -> str:
     return cell.stdout.strip()
 
 
-def test_only_loopback_exists(sandbox):
-    assert run(sandbox, "import socket; print(sorted(n for _, n in socket.if_nameindex()))") == "['lo']"
-
-
-@pytest.mark.parametrize(
-    "target",
-    ["socket.create_connection(('1.1.1.1', 53), timeout=2)", "socket.getaddrinfo('example.com', 443)"],
-)
-def test_egress_fails(sandbox, target):
-    code = f"""
-import socket
-try:
-    {target}
-    print('CONNECTED')
-except OSError as e:
-    print(type(e).__name__)
-"""
-    out = run(sandbox, code)
-    assert out != "CONNECTED"
-
-
-def test_runs_as_non_root_without_capabilities(sandbox):
-    out = run(sandbox, "import os; print(os.getuid(), os.getgid())\nprint(open('/proc/self/status').read())")
-    assert out.splitlines()[0] == "10001 10001"
-    caps = {line.split(":")[0]: line.split()[1] for line in out.splitlines() if line.startswith("Cap")}
-    assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == "0000000000000000"
-    assert "NoNewPrivs:\t1" in out
-
-
-@pytest.mark.parametrize("path", ["/etc/passwd", "/usr/bin/x", "/x", "/rlmbox/context.txt", "/rlmbox/evil"])
-def test_root_and_context_mount_are_read_only(sandbox, path):
-    code = f"""
-try:
-    open({path!r}, 'a').write('x')
-    print('WROTE')
-except OSError as e:
-    print(e.errno)
-"""
-    out = run(sandbox, code)
-    assert out in {"30", "13"}  # EROFS or EACCES
-
-
-def test_kernel_sockets_are_pinned(sandbox):
-    """Sandboxed code must not be able to swap a kernel socket for a symlink to a host socket."""
-    code = """
-import os
-results = []
-for action in (
-    lambda: os.unlink('/rlmbox-ipc/k-1'),
-    lambda: os.rename('/rlmbox-ipc/k-1', '/rlmbox-ipc/x'),
-    lambda: os.symlink('/var/run/docker.sock', '/rlmbox-ipc/k-9'),
-):
-    try:
-        action()
-        results.append('DONE')
-    except OSError as e:
-        results.append(e.errno)
-print(results)
-"""
-    assert run(sandbox, code) == "[13, 13, 13]"
-
-
-def test_no_docker_socket_and_no_host_paths(sandbox):
-    code = (
-        "import os\nprint([p for p in ('/var/run/docker.sock', '/run/docker.sock', '/host', '/root/.ssh')"
-        " if os.path.exists(p)])"
-    )
-    assert run(sandbox, code) == "[]"
-
-
 def test_tmp_is_writable_but_bounded(sandbox):
     out = run(
         sandbox,
@@ -110,56 +41,15 @@ def test_tmp_is_writable_but_bounded(sandbox):
     assert int(size) == 256 and content == "fine"
 
 
-def test_setuid_binaries_are_gone(sandbox):
+def test_the_launcher_is_pid_1_and_reaps_orphans(sandbox):
     code = """
-import os, stat
-found = []
-for top in ('/usr/bin', '/bin', '/usr/sbin', '/sbin', '/usr/lib'):
-    for root, _, files in os.walk(top):
-        for name in files:
-            try:
-                mode = os.lstat(os.path.join(root, name)).st_mode
-            except OSError:
-                continue
-            if mode & (stat.S_ISUID | stat.S_ISGID):
-                found.append(os.path.join(root, name))
-print(found)
+import os, subprocess, time
+subprocess.run(['sh', '-c', 'for i in 1 2 3 4 5; do sleep 0.1 & done'], check=True)
+time.sleep(0.6)
+states = [open(f'/proc/{p}/stat').read().split(')')[1].split()[0] for p in os.listdir('/proc') if p.isdigit()]
+print(open('/proc/1/cmdline').read().split('\\0')[1:3], states.count('Z'))
 """
-    assert run(sandbox, code) == "[]"
-
-
-def test_memory_limit_kills_and_is_reported_as_oom(docker_config):
-    from rlmbox import KernelDiedError, SandboxConfig
-
-    small = SandboxConfig(runtime_dir=docker_config.runtime_dir, memory="128m")
-    with Sandbox(small, context="kept") as box:
-        with pytest.raises(KernelDiedError, match="out of memory") as info:
-            box.execute("blocks = []\nwhile True: blocks.append(bytearray(16 * 2**20))")
-        assert info.value.oom
-        box.restart()
-        assert box.execute("context").result == "'kept'"
-
-
-def test_pids_limit_contains_a_fork_bomb(docker_config):
-    from rlmbox import SandboxConfig
-
-    config = SandboxConfig(runtime_dir=docker_config.runtime_dir, pids_limit=32, cell_timeout_s=20)
-    with Sandbox(config) as box:
-        cell = box.execute("""
-import subprocess
-procs = []
-try:
-    for _ in range(200):
-        procs.append(subprocess.Popen(['sleep', '30']))
-except OSError as e:
-    print('refused', e.errno)
-print(len(procs))
-for p in procs:
-    p.kill()
-""")
-        lines = cell.stdout.split()
-        assert lines[0] == "refused" and int(lines[-1]) < 32
-        assert box.execute("1 + 1").result == "2"
+    assert run(sandbox, code) == "['-m', 'rlmbox_kernel.launch'] 0"
 
 
 def test_cli_flags_become_the_containers_limits(runtime_dir):
@@ -186,7 +76,7 @@ def test_cli_flags_become_the_containers_limits(runtime_dir):
     assert host["Memory"] == host["MemorySwap"] == 300 * 2**20
     assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 50
     assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"nofile": 200, "core": 0}
-    assert host["Init"] is True
+    assert not host["Init"]  # the launcher is pid 1 and reaps orphans itself
     assert container.attrs["Config"]["User"] == "10001:10001"
     assert "OMP_NUM_THREADS=1" in container.attrs["Config"]["Env"]
     tmp = next(line for line in mounts.splitlines() if " /tmp " in line)

@@ -93,3 +93,12 @@ def test_cancelled_calls_are_still_charged(tmp_path):
     ledger = asyncio.run(main())
     assert ledger.sub_calls == 2
     assert ledger.tokens == 2000 and ledger.usage["sub"].cost_known is False
+
+
+def test_calls_after_the_run_ended_are_refused(tmp_path):
+    r, ledger = router(tmp_path, FakeLM(), Limits())
+    assert asyncio.run(r.llm_query(["before"], None))[0].text == "BEFORE"
+    r.close()
+    with pytest.raises(BridgeError, match="the run has ended"):
+        asyncio.run(r.llm_query(["after"], None))
+    assert ledger.sub_calls == 1

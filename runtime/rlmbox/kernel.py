@@ -17,17 +17,33 @@ import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 
-from rlmbox.protocol import FINAL_MIME
+from rlmbox.protocol import DROPPED_MIME, FINAL_MIME
 
-__all__ = ["KernelConnection", "RawCell"]
+__all__ = ["KernelConnection", "RawCell", "kernel_context", "max_frame_bytes"]
 
 log = structlog.get_logger(__name__)
 
-# Per ZMQ frame and per socket queue: what a flooding kernel can make the host hold is bounded by about
-# their product. A frame over the limit drops the connection (the cell then times out and the kernel is
-# replaced); legitimate output is capped far below it anyway.
-MAX_FRAME_BYTES = 8 * 1024 * 1024
-RECEIVE_QUEUE_MESSAGES = 64
+# What a kernel can make the host hold is bounded by (messages queued per socket) x (largest frame). The
+# kernel caps its own output at the source (``rlmbox_kernel._output_cap``) far below these; a frame over a
+# limit is a protocol violation: ZMQ drops the connection, the host notices at once and replaces the kernel.
+RECEIVE_QUEUE_MESSAGES = 8
+MAX_REPLY_FRAME_BYTES = 1024 * 1024  # shell and control replies: small, tracebacks capped in the kernel
+
+
+def max_frame_bytes(max_output_bytes: int, max_final_chars: int) -> int:
+    """Largest iopub frame an honest kernel sends: its capped output JSON-escaped (6 bytes a char at most)."""
+    return 1024 * 1024 + 6 * max(max_output_bytes, max_final_chars)
+
+
+def kernel_context() -> zmq.asyncio.Context:
+    """A ZMQ context whose sockets never reconnect (a swapped socket file is never followed) and queue
+    little."""
+    context = zmq.asyncio.Context()
+    context.setsockopt(zmq.RECONNECT_IVL, -1)
+    context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES)
+    return context
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -69,6 +85,7 @@ class RawCell:
         self._stderr = _Capped(max_output_bytes)
         self._other = _Capped(max_output_bytes)  # results, displays and tracebacks share one budget
         self._max_final_chars = max_final_chars
+        self.dropped_at_source = 0
         self.result: str | None = None
         self.displays: list[str] = []
         self.final: str | None = None
@@ -85,7 +102,8 @@ class RawCell:
 
     @property
     def dropped_bytes(self) -> int:
-        return self._stdout.dropped + self._stderr.dropped + self._other.dropped
+        """Output bytes lost to the caps: the kernel's (as it reports them) and the host's."""
+        return self.dropped_at_source + self._stdout.dropped + self._stderr.dropped + self._other.dropped
 
     def _keep(self, text: object) -> str:
         """``text`` as far as the shared budget allows."""
@@ -102,8 +120,11 @@ class RawCell:
             if not isinstance(data, dict):
                 return
             final = data.get(FINAL_MIME)
+            dropped = data.get(DROPPED_MIME)
             if isinstance(final, dict) and isinstance(final.get("answer"), str):
                 self._take_final(final["answer"])
+            elif isinstance(dropped, dict) and isinstance(dropped.get("bytes"), int):
+                self.dropped_at_source = min(max(dropped["bytes"], 0), 2**53)
             elif kind == "execute_result":
                 self.result = self._keep(data.get("text/plain", ""))
             elif "text/plain" in data:
@@ -123,32 +144,59 @@ class RawCell:
 
 
 class KernelConnection:
-    """Shell, iopub and control channels to one kernel; ``connect`` once, ``close`` once."""
+    """Shell, iopub and control channels to one kernel; ``connect`` once, ``close`` once.
+
+    ``lost`` resolves, with a reason, when the kernel breaks a channel (an oversize frame, a closed socket);
+    nothing is reconnected.
+    """
 
     def __init__(
         self, connection_info: dict[str, Any], *, max_output_bytes: int, max_final_chars: int
     ) -> None:
-        self._context = zmq.asyncio.Context()
-        # Defaults for every socket of this context: never reconnect, never accept a giant message.
-        self._context.setsockopt(zmq.RECONNECT_IVL, -1)
-        self._context.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        self._context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES)
+        self._context = kernel_context()
         self._client = AsyncKernelClient(context=self._context)
         self._client.load_connection_info(connection_info)
         self._max_output_bytes = max_output_bytes
         self._max_final_chars = max_final_chars
+        self.max_frame_bytes = max_frame_bytes(max_output_bytes, max_final_chars)
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._monitors: list[asyncio.Task[None]] = []
+        self.undecodable = 0
 
     async def connect(self, timeout: float) -> None:
         """Open the channels and wait until the kernel answers on shell and publishes on iopub."""
+        # A channel's socket is created, with the context's current options, the first time it is named.
+        self._context.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_FRAME_BYTES)
+        channels = {"shell": self._client.shell_channel, "control": self._client.control_channel}
+        self._context.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        channels["iopub"] = self._client.iopub_channel
         self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        for name, channel in channels.items():
+            self._monitors.append(asyncio.ensure_future(self._watch(name, channel.socket)))
         msg_id = self._client.kernel_info()
         async with asyncio.timeout(timeout):
             await self._reply(self._client.shell_channel, msg_id)
             # ipykernel greets each new iopub subscriber; any message proves the subscription is live.
             while True:
-                message = await self._client.iopub_channel.get_msg()
+                message = await self._next(self._client.iopub_channel)
                 if message.get("msg_type") == "iopub_welcome" or _parent_id(message) == msg_id:
                     break
+
+    async def _watch(self, name: str, socket: zmq.asyncio.Socket) -> None:
+        """Resolve ``lost`` when the kernel's end of ``socket`` goes away."""
+        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            await monitor.recv_multipart()
+        except zmq.ZMQError:
+            return  # the context is being torn down
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                socket.disable_monitor()
+                monitor.close(linger=0)
+        if not self.lost.done():
+            limit = MAX_REPLY_FRAME_BYTES if name != "iopub" else self.max_frame_bytes
+            reason = f"a message over {limit // 2**20} MiB, or a closed socket"
+            self.lost.set_result(f"the kernel broke its {name} channel ({reason})")
 
     async def execute(self, code: str, timeout: float) -> RawCell:
         """Run ``code``. A cell still running after ``timeout`` comes back with ``completed`` False."""
@@ -175,19 +223,32 @@ class KernelConnection:
             await self._reply(self._client.control_channel, message["header"]["msg_id"], timeout=timeout)
 
     def close(self) -> None:
+        for monitor in self._monitors:
+            monitor.cancel()
         self._client.stop_channels()
         self._context.destroy(linger=0)
+
+    async def _next(self, channel: Any) -> dict[str, Any]:
+        """The next message on ``channel`` that decodes. Frames that do not (a bad signature, content that is
+        not JSON, garbage) are dropped: jupyter_client has consumed them by the time it raises."""
+        while True:
+            try:
+                return await channel.get_msg()
+            except (ValueError, TypeError, KeyError, IndexError) as exc:  # JSONDecodeError, UnicodeError too
+                self.undecodable += 1
+                if self.undecodable == 1:
+                    log.warning("kernel.undecodable_message", error=str(exc)[:200])
 
     async def _reply(self, channel: Any, msg_id: str, timeout: float | None = None) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
-                message = await channel.get_msg()
+                message = await self._next(channel)
                 if _parent_id(message) == msg_id:
                     return message
 
     async def _collect(self, msg_id: str, cell: RawCell) -> None:
         while True:
-            message = await self._client.iopub_channel.get_msg()
+            message = await self._next(self._client.iopub_channel)
             content = message.get("content")
             if _parent_id(message) != msg_id or not isinstance(content, dict):
                 continue

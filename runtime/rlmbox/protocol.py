@@ -24,6 +24,7 @@ __all__ = [
     "CONNECTION_FILE",
     "CONTEXT_JSON",
     "CONTEXT_TEXT",
+    "DROPPED_MIME",
     "FINAL_MIME",
     "IPC_MOUNT",
     "MAX_REQUEST_BYTES",
@@ -55,8 +56,10 @@ SESSION_FILE = "session.json"
 CONTEXT_TEXT = "context.txt"
 CONTEXT_JSON = "context.json"
 
-# Display-data MIME type that FINAL() publishes on the cell's iopub stream.
+# Display-data MIME types on the cell's iopub stream: FINAL()'s answer, and the kernel's count of the output
+# bytes it dropped at the source.
 FINAL_MIME = "application/vnd.rlmbox.final+json"
+DROPPED_MIME = "application/vnd.rlmbox.dropped+json"
 
 
 class _Frame(BaseModel):

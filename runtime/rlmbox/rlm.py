@@ -110,7 +110,12 @@ class RLM:
                 context=_context_digest(context),
                 settings=redact(self.settings.model_dump(mode="json")),
             )
-            outcome = await self._run(context, query, ledger, writer)
+            try:
+                outcome = await self._run(context, query, ledger, writer)
+            except asyncio.CancelledError:  # Ctrl-C, SIGTERM, a caller's deadline: keep what happened
+                writer.write("run_interrupted", iterations=ledger.iterations, sub_calls=ledger.sub_calls)
+                log.warning("run.interrupted", trajectory=str(path))
+                raise
             result = RunResult(
                 run_id=run_id,
                 iterations=ledger.iterations,
@@ -162,7 +167,10 @@ class RLM:
         try:
             # The wall clock bounds the turns, not the sandbox's clean-up.
             async with sandbox, asyncio.timeout(ledger.remaining_s()) as deadline:
-                return await turns.loop(messages)
+                try:
+                    return await turns.loop(messages)
+                finally:
+                    router.close()  # code still running in the sandbox (a thread, say) may not spend more
         except TimeoutError as exc:
             if deadline is None or not deadline.expired():
                 return _failure(exc)

@@ -37,9 +37,16 @@ class SubCallRouter:
         self._default_model = default_model
         self._allowed = allowed_models
         self._limit = asyncio.Semaphore(max_concurrency)
+        self._closed = False
         self.iteration = 0
 
+    def close(self) -> None:
+        """Refuse every later call: the run is over."""
+        self._closed = True
+
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
+        if self._closed:
+            raise BridgeError("the run has ended: no more sub-calls")
         chosen = model or self._default_model
         if chosen is None:
             raise BridgeError("llm_query is not available: no sub-model is configured")

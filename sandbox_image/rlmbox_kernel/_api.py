@@ -112,9 +112,8 @@ def _query_functions(session: dict[str, Any], bridge: BridgeClient) -> tuple[Cal
     return llm_query, llm_query_batched
 
 
-def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any]:
+def build_namespace(session: dict[str, Any], session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any]:
     """The names to add to the REPL, bound to this session's bridge and limits."""
-    session = json.loads((session_dir / SESSION_FILE).read_text())
     bridge = BridgeClient(str(session_dir / BRIDGE_SOCKET), session["token"], session["max_request_bytes"])
     llm_query, llm_query_batched = _query_functions(session, bridge)
     max_final_chars: int = session["max_final_chars"]
@@ -162,10 +161,14 @@ def build_namespace(session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any
 
 
 def install(session_dir: str) -> None:
-    """Load ``context`` and the helpers into the running IPython shell's namespace."""
+    """Cap the kernel's output, then load ``context`` and the helpers into the shell's namespace."""
     from IPython import get_ipython
+
+    from rlmbox_kernel import _output_cap
 
     shell = get_ipython()
     directory = Path(session_dir)
-    shell.user_ns.update(build_namespace(directory, shell.user_ns))
+    session = json.loads((directory / SESSION_FILE).read_text())
+    _output_cap.install(shell, session["max_cell_output_bytes"])
+    shell.user_ns.update(build_namespace(session, directory, shell.user_ns))
     shell.user_ns["context"] = load_context(directory)

@@ -19,6 +19,7 @@ SESSION_FILE = "session.json"
 CONTEXT_TEXT = "context.txt"
 CONTEXT_JSON = "context.json"
 FINAL_MIME = "application/vnd.rlmbox.final+json"
+DROPPED_MIME = "application/vnd.rlmbox.dropped+json"
 
 
 def encode_frame(payload: dict[str, Any]) -> bytes:

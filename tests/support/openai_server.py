@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 import uuid
@@ -162,6 +164,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _RequestHandler)
         self.script_handler = handler
         self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.abandoned = 0  # delayed requests whose client hung up before the reply
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -194,9 +198,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send(400, b'{"error": {"message": "request body is not JSON"}}')
             return
         reply = self.server.script_handler(request)
-        if reply.delay_s > 0 and self.server.stopping.wait(reply.delay_s):
+        if reply.delay_s > 0 and not self._wait_unless_abandoned(reply.delay_s):
             return
         self._send(reply.status, _body_for(reply, request), reply.headers)
+
+    def _wait_unless_abandoned(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False if the server stops or the client hangs up first (counted)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.server.stopping.wait(min(left, 0.05)):
+                return False
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                with self.server.lock:
+                    self.server.abandoned += 1
+                return False
+        return True
 
     def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         try:
@@ -221,6 +238,11 @@ class ScriptedOpenAIServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
+
+    @property
+    def abandoned(self) -> int:
+        """How many delayed requests were given up by their client (e.g. cancelled) before the reply."""
+        return self._server.abandoned
 
     @property
     def url(self) -> str:

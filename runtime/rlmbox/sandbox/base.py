@@ -53,16 +53,40 @@ class CellResult:
 
 @dataclass(frozen=True)
 class KernelExit:
-    """How the kernel's process (or container) ended."""
+    """How the kernel's process (or container) ended, or why the host gave up on it (``broken``)."""
 
     exit_code: int | None
     oom_killed: bool = False
+    broken: str | None = None
 
     def describe(self, memory_limit: int | None = None) -> str:
-        if self.oom_killed or self.exit_code == 137:
+        if self.oom_killed:
             limit = f" of {memory_limit // 2**20} MiB" if memory_limit else ""
             return f"the kernel was killed for exceeding the memory limit{limit} (out of memory)"
+        if self.broken is not None:
+            return f"{self.broken}; it was stopped"
+        signal_number = _signal_of(self.exit_code)
+        if signal_number is not None:
+            return f"the kernel was killed by signal {signal_number} ({_signal_name(signal_number)})"
         return f"the kernel exited unexpectedly (exit code {self.exit_code})"
+
+
+def _signal_of(exit_code: int | None) -> int | None:
+    """The signal behind an exit code: negative from subprocess, 128 + n from a shell or an init."""
+    if exit_code is None:
+        return None
+    if exit_code < 0:
+        return -exit_code
+    return exit_code - 128 if 128 < exit_code < 128 + 65 else None
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 class SandboxState(enum.Enum):

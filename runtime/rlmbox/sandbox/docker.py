@@ -79,7 +79,7 @@ def container_spec(config: SandboxConfig, session: SessionDir) -> dict[str, Any]
             f"{LABEL_PREFIX}.session_dir": str(session.path),
             **ProcessIdentity.current().as_labels(f"{LABEL_PREFIX}.owner"),
         },
-        "init": True,
+        "init": False,  # the launcher is the init (see rlmbox_kernel.launch)
         "hostname": "sandbox",
         "ipc_mode": "private",
         "shm_size": "64m",

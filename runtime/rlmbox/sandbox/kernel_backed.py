@@ -31,6 +31,8 @@ __all__ = ["KernelBackedSandbox", "thread_limits"]
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+# After a kernel channel breaks, how long the kernel's exit has to explain it (e.g. out of memory).
+LOST_GRACE_S = 0.5
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -91,6 +93,7 @@ class KernelBackedSandbox(SandboxBackend):
                 "max_batch_size": config.max_batch_size,
                 "max_request_bytes": config.max_request_bytes,
                 "max_final_chars": config.max_final_chars,
+                "max_cell_output_bytes": config.max_cell_output_bytes,
             },
         )
         self._exited = asyncio.get_running_loop().create_future()
@@ -109,6 +112,7 @@ class KernelBackedSandbox(SandboxBackend):
                 f"the kernel did not answer within {config.start_timeout_s:g}s"
             ) from exc
         session.pin_kernel_sockets()
+        self._kernel.lost.add_done_callback(self._on_connection_lost)
         setup = await self._race_exit(
             self._kernel.execute(f"__import__('rlmbox_kernel').install({ro_dir!r})", config.start_timeout_s)
         )
@@ -118,6 +122,19 @@ class KernelBackedSandbox(SandboxBackend):
         log.debug(
             "sandbox.ready", session=session.session_id, seconds=round(time.perf_counter() - started, 3)
         )
+
+    def _on_connection_lost(self, lost: asyncio.Future[str]) -> None:
+        """A broken channel ends the kernel's usefulness; give its exit (which may explain why) a moment to
+        arrive first."""
+        exited = self._exited
+        if lost.cancelled() or exited is None or exited.done():
+            return
+
+        def give_up() -> None:
+            if not exited.done():
+                exited.set_result(KernelExit(None, broken=lost.result()))
+
+        asyncio.get_running_loop().call_later(LOST_GRACE_S, give_up)
 
     async def _until_ready(self, timeout: float) -> None:
         assert self._bridge is not None

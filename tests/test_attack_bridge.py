@@ -1,0 +1,207 @@
+"""Escape suite, bridge: sandboxed code spending past its budget or speaking garbage to the host's socket.
+
+The bridge is the one door from the sandbox to the host; these attacks talk to it both through
+``llm_query`` and over raw sockets, bypassing every check the kernel-side helpers make.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import time
+
+import pytest
+
+from rlmbox import RLM, Settings
+
+from support.attacks import SUB, repl, run_attack
+from support.containers import rlmbox_containers
+from support.openai_server import Reply, Script, ScriptedOpenAIServer
+
+pytestmark = [pytest.mark.docker, pytest.mark.attack("bridge")]
+
+RAW_BRIDGE = r"""
+import json, socket, struct, threading, time
+session = json.load(open('/rlmbox/session.json'))
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect('/rlmbox/bridge.sock')
+    s.settimeout(5)
+    return s
+
+def frame(fields):
+    body = json.dumps({'op': 'llm_query', 'id': 7, 'token': session['token'], 'prompts': ['hi'], **fields})
+    return struct.pack('>I', len(body)) + body.encode()
+
+def send(raw):
+    s = connect()
+    try:
+        s.sendall(raw)
+        head = s.recv(4)
+        if len(head) < 4:
+            return 'connection closed'
+        size, data = struct.unpack('>I', head)[0], b''
+        while len(data) < size:
+            data += s.recv(size - len(data))
+        reply = json.loads(data)
+        if reply['ok']:
+            return 'ANSWERED'
+        return reply['error']['type'] + ': ' + reply['error']['message'][:60]
+    except socket.timeout:
+        return 'no answer'
+    finally:
+        s.close()
+
+report = {
+    'wrong token': send(frame({'token': 'x' * 43})),
+    'oversize prompt over a raw socket': send(frame({'prompts': ['x' * (session['max_prompt_chars'] + 1)]})),
+    'batch over the limit over a raw socket': send(frame({'prompts': ['x'] * 100_000})),
+    'garbage bytes': send(b'\x00\xff' * 1000),
+    'frame header claiming 2 GB': send(struct.pack('>I', 2**31)),
+    'invalid JSON': send(struct.pack('>I', 5) + b'{{{{{'),
+    'unknown operation': send(frame({'op': 'shell', 'cmd': 'id'})),
+}
+held, stop = [], threading.Event()
+for _ in range(20):  # partial frames, never finished
+    s = connect()
+    s.sendall(struct.pack('>I', 1000) + b'{"op": "llm')
+    held.append(s)
+
+def slow_writer():
+    s = connect()
+    held.append(s)
+    for byte in frame({'prompts': ['slow']}):
+        if stop.wait(0.2):
+            return
+        s.send(bytes([byte]))
+
+writers = [threading.Thread(target=slow_writer, daemon=True) for _ in range(10)]
+for writer in writers:
+    writer.start()
+time.sleep(0.5)
+started = time.perf_counter()
+answer = llm_query('ping while 30 connections hang')
+report['llm_query while 30 connections hang'] = [answer, round(time.perf_counter() - started, 3)]
+time.sleep(HOLD_S)
+stop.set()
+for s in held:
+    s.close()
+print('REPORT:', report)
+"""
+
+
+def test_raw_garbage_and_slow_writers_block_nobody(runtime_dir, tmp_path, observe):
+    """One session attacks its bridge socket while a second session, in the same host process, keeps
+    making sub-calls: neither the attacker's own llm_query nor the victim's may stall."""
+    victim_cells = [
+        "import time\nlatencies = []\nfor i in range(30):\n    t = time.perf_counter()\n"
+        "    llm_query(f'victim {i}')\n    latencies.append(time.perf_counter() - t)\n    time.sleep(0.05)\n"
+        "print('REPORT:', [len(latencies), round(max(latencies), 3)])"
+    ]
+    script = Script(
+        {
+            "root-a": [
+                repl(RAW_BRIDGE.replace("HOLD_S", "2")),
+                repl("print('alive')"),
+                Reply(text="FINAL(a)"),
+            ],
+            "root-b": [repl(victim_cells[0]), Reply(text="FINAL(b)")],
+        },
+        default=Reply(text="pong"),
+    )
+
+    def settings(root: str, server: ScriptedOpenAIServer) -> Settings:
+        return Settings(
+            llm={"model": f"openai/{root}", "sub_model": SUB, "api_base": server.url, "api_key": "k"},
+            sandbox={"runtime_dir": runtime_dir, "cell_timeout_s": 30, "memory": "512m"},
+            trajectory_dir=tmp_path / "runs",
+        )
+
+    async def both(server: ScriptedOpenAIServer):
+        return await asyncio.gather(
+            RLM(settings("root-a", server)).arun("ctx", "attack"),
+            RLM(settings("root-b", server)).arun("ctx", "work"),
+        )
+
+    with ScriptedOpenAIServer(script) as server:
+        attacker, victim = asyncio.run(both(server))
+    assert attacker.status == victim.status == "completed"
+    attack_feedback = script.requests_for("root-a")[1]["messages"][-1]["content"]
+    victim_feedback = script.requests_for("root-b")[1]["messages"][-1]["content"]
+    report = ast.literal_eval(attack_feedback.split("REPORT:", 1)[1].split("\n", 1)[0])
+    calls, slowest = ast.literal_eval(victim_feedback.split("REPORT:", 1)[1].split("\n", 1)[0])
+    assert report["wrong token"].startswith("ProtocolError: bad bridge token")
+    assert report["oversize prompt over a raw socket"].startswith("ProtocolError: prompt of")
+    assert report["batch over the limit over a raw socket"].startswith("ProtocolError:")
+    # Garbage read as a length below the limit leaves the host waiting for the rest of that frame: only
+    # this connection waits (and its claimed bytes count against the session's bridge budget).
+    assert report["garbage bytes"] in {"no answer", "connection closed"}
+    for name in ("frame header claiming 2 GB", "invalid JSON", "unknown operation"):
+        assert report[name] == "connection closed" or report[name].startswith("ProtocolError"), name
+    answer, latency = report.pop("llm_query while 30 connections hang")
+    assert answer == "pong" and latency < 2.0
+    assert calls == 30 and slowest < 2.0
+    assert "alive" in script.requests_for("root-a")[2]["messages"][-1]["content"]
+    assert rlmbox_containers(runtime_dir) == []
+    report["garbage bytes"] = "read as a 16 MiB frame header: only this connection waits for the body"
+    for name, outcome in report.items():
+        observe(name, outcome)
+    observe(
+        "20 partial frames + 10 one-byte-a-200ms writers",
+        f"the session's own llm_query answered in {latency}s",
+    )
+    observe("the same, seen from another session", f"30 sub-calls, slowest {slowest}s: not stalled")
+
+
+def test_flooding_llm_query_past_the_budget_is_refused(runtime_dir, tmp_path, observe):
+    flood = """
+answered = refused = 0
+for i in range(60):
+    try:
+        llm_query(f'question {i}')
+        answered += 1
+    except BudgetExceededError:
+        refused += 1
+try:
+    llm_query_batched(['more'] * 5)
+except BudgetExceededError as e:
+    refused += 5
+print('REPORT:', [answered, refused])
+"""
+    run = run_attack([flood], runtime_dir, tmp_path, limits={"max_sub_calls": 10}, sub_model=Reply(text="ok"))
+    assert run.report(0) == [10, 55]
+    assert len(run.script.requests_for(SUB.removeprefix("openai/"))) == run.result.sub_calls == 10
+    assert run.survived
+    observe("65 sub-calls against a budget of 10", "10 answered, 55 refused with BudgetExceededError")
+
+
+def test_calls_from_a_thread_that_outlives_the_run_are_refused_or_counted(runtime_dir, tmp_path, observe):
+    spawn = """
+import threading
+results = []
+def hammer():
+    while True:
+        try:
+            results.append(llm_query('background'))
+        except Exception as e:
+            results.append(type(e).__name__)
+threading.Thread(target=hammer, daemon=True).start()
+import time
+time.sleep(0.3)
+print('started', len(results))
+"""
+    run = run_attack([spawn], runtime_dir, tmp_path, sub_model=Reply(text="ok"))
+    sent = len(run.script.requests_for(SUB.removeprefix("openai/")))
+    logged = sum(1 for e in run.events if e["event"] == "sub_call")
+    assert sent == logged == run.result.sub_calls > 0  # every call that reached the model was counted
+    time.sleep(0.5)
+    assert len(run.script.requests_for(SUB.removeprefix("openai/"))) == sent  # none after the run ended
+    observe("a thread calling llm_query forever", f"{sent} calls, all counted; refused once the run ended")
+
+
+def test_a_model_the_run_did_not_configure_is_refused(runtime_dir, tmp_path, observe):
+    run = run_attack(["llm_query('x', model='openai/gpt-5')"], runtime_dir, tmp_path)
+    assert "LLMQueryError" in run.feedback[0] and "not configured for this run" in run.feedback[0]
+    assert run.script.requests_for("gpt-5") == []
+    observe("llm_query(model='openai/gpt-5')", "LLMQueryError: not configured for this run")
