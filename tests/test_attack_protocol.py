@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from support.attacks import run_attack
+from support.host import peak_rss, reset_peak_rss, rss
 
 pytestmark = [pytest.mark.docker, pytest.mark.attack("protocol")]
 
@@ -133,3 +134,27 @@ def test_killing_the_kernel_process_is_reported(runtime_dir, tmp_path, observe):
     assert "killed by signal 9 (SIGKILL)" in run.feedback[0] and not death["oom"]
     assert run.survived and run.leftovers == []
     observe("SIGKILL the kernel process", "reported as killed by SIGKILL (not as out of memory); restarted")
+
+
+def test_a_flood_of_maximum_size_frames_leaves_host_memory_bounded(runtime_dir, tmp_path, observe):
+    """Past the kernel's own cap, frames just under the host's size limit, as fast as the kernel can send."""
+    attack = (
+        FORGE
+        + """
+chunk = 'f' * 12_000_000
+for _ in range(40):
+    send('stream', parent, {'name': 'stdout', 'text': chunk})
+print('sent')
+"""
+    )
+    reset_peak_rss()
+    baseline = rss()
+    run = run_attack([attack], runtime_dir, tmp_path, sandbox={"memory": "1g"})
+    growth = peak_rss() - baseline
+    assert "sent" in run.feedback[0] or "dropped" in run.feedback[0]
+    assert growth < 200 * 2**20  # about 4 queued frames per socket, plus parsing one
+    assert run.survived and run.leftovers == []
+    observe(
+        "40 frames of 12 MB past the kernel's cap",
+        f"capped on the host; host peak RSS +{growth / 2**20:.0f} MiB",
+    )

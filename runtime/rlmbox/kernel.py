@@ -26,7 +26,7 @@ log = structlog.get_logger(__name__)
 # What a kernel can make the host hold is bounded by (messages queued per socket) x (largest frame). The
 # kernel caps its own output at the source (``rlmbox_kernel._output_cap``) far below these; a frame over a
 # limit is a protocol violation: ZMQ drops the connection, the host notices at once and replaces the kernel.
-RECEIVE_QUEUE_MESSAGES = 8
+RECEIVE_QUEUE_MESSAGES = 4
 MAX_REPLY_FRAME_BYTES = 1024 * 1024  # shell and control replies: small, tracebacks capped in the kernel
 
 
@@ -61,11 +61,14 @@ class _Capped:
 
     def add(self, text: str) -> str:
         """Keep as much of ``text`` as the budget allows; returns what was kept."""
-        size = len(text.encode("utf-8", "replace"))
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
         if size <= self._room:
             self._parts.append(text)
             self._room -= size
             return text
+        if self._room == 0:
+            self.dropped += size
+            return ""
         kept = text.encode("utf-8", "replace")[: self._room].decode("utf-8", "ignore")
         self._parts.append(kept)
         self.dropped += size - len(kept.encode())
