@@ -205,6 +205,25 @@ def test_caller_hanging_up_cancels_its_calls(tmp_path):
     assert asyncio.run(main()).cancelled.is_set()
 
 
+def test_closing_with_connections_open_cancels_them_quietly(tmp_path, caplog):
+    """A connection still open when the session ends (a kernel thread mid-call, say) is cancelled, and
+    asyncio has no error to log about it."""
+
+    async def main():
+        handler = Echo(delay=30)
+        async with serve(tmp_path, handler) as bridge:
+            idle = await asyncio.open_unix_connection(str(bridge.path))
+            _, busy = await asyncio.open_unix_connection(str(bridge.path))
+            busy.write(frame({"op": "llm_query", "id": 1, "token": TOKEN, "prompts": ["slow"]}))
+            await asyncio.wait_for(handler.started.wait(), 5)
+        await asyncio.sleep(0.05)  # let asyncio run the connections' done-callbacks
+        return handler, idle
+
+    handler, _ = asyncio.run(main())
+    assert handler.cancelled.is_set()
+    assert [r for r in caplog.records if r.name == "asyncio"] == []
+
+
 def test_ready_signal_sets_the_event(tmp_path):
     async def main():
         async with serve(tmp_path, None) as bridge:

@@ -113,6 +113,10 @@ class BridgeServer:
             await self._converse(reader, writer)
         except (BridgeError, ConnectionError) as exc:
             log.warning("bridge.connection_dropped", reason=str(exc))
+        except asyncio.CancelledError:
+            if self._server is not None:
+                raise
+            # Cancelled by aclose: end quietly (asyncio logs a handler that ends cancelled as an error).
         finally:
             self._connections.discard(task)
             writer.close()

@@ -34,7 +34,8 @@ def cut(text: str, room: int) -> tuple[str, int]:
     encoded = text.encode("utf-8", "replace")
     if len(encoded) <= room:
         return text, 0
-    return encoded[:room].decode("utf-8", "ignore"), len(encoded) - room
+    kept = encoded[:room].decode("utf-8", "ignore")
+    return kept, len(encoded) - len(kept.encode("utf-8"))
 
 
 class _Budget:
@@ -67,9 +68,13 @@ class OutputCap:
                 self._budgets.popitem(last=False)
         return budget
 
-    def dropped(self, parent_id: str) -> int:
+    def take_dropped(self, parent_id: str) -> int:
+        """The bytes dropped so far from the output of request ``parent_id``; the count starts again."""
         budget = self._budgets.get(parent_id)
-        return budget.dropped if budget else 0
+        if budget is None:
+            return 0
+        dropped, budget.dropped = budget.dropped, 0
+        return dropped
 
     def limit(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         kind = msg["header"]["msg_type"]
@@ -120,7 +125,8 @@ def _size(value: Any) -> int:
 
 
 def install(shell: Any, max_cell_bytes: int) -> OutputCap:
-    """Route every message of ``shell``'s kernel through an OutputCap; report drops after each cell."""
+    """Route every message of ``shell``'s kernel through an OutputCap. Just before a request's final idle
+    status (all its output is flushed by then), report what its cell dropped."""
     cap = OutputCap(max_cell_bytes)
     session = shell.kernel.session
     send = session.send
@@ -134,24 +140,16 @@ def install(shell: Any, max_cell_bytes: int) -> OutputCap:
                 msg_or_type, content=content, parent=parent, header=header, metadata=metadata
             )
         msg = cap.limit(msg_or_type)
-        return None if msg is None else send(stream, msg, **kwargs)
+        if msg is None:
+            return None
+        if msg["header"]["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
+            parent_id = str(msg.get("parent_header", {}).get("msg_id", ""))
+            if dropped := cap.take_dropped(parent_id):
+                notice = f"[{dropped} bytes of output dropped in the sandbox: over {max_cell_bytes} a cell]"
+                data = {DROPPED_MIME: {"bytes": dropped}, "text/plain": notice}
+                report = {"data": data, "metadata": {}, "transient": {}}
+                send(stream, session.msg("display_data", report, parent=msg["parent_header"]), **kwargs)
+        return send(stream, msg, **kwargs)
 
     session.send = capped_send
-
-    def report_drops(result: Any) -> None:
-        import sys
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        parent = shell.kernel.get_parent().get("header", {}).get("msg_id", "")
-        dropped = cap.dropped(parent)
-        if dropped:
-            from IPython.display import publish_display_data
-
-            notice = (
-                f"[{dropped} bytes of output dropped in the sandbox: over {max_cell_bytes} bytes per cell]"
-            )
-            publish_display_data({DROPPED_MIME: {"bytes": dropped}, "text/plain": notice})
-
-    shell.events.register("post_run_cell", report_drops)
     return cap
