@@ -88,7 +88,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     marker = item.get_closest_marker("attack")
     if marker is not None and call.when == "call":
-        status = "contained" if report.passed else ("skipped" if report.skipped else "FAILED")
+        status = "passed" if report.passed else ("skipped" if report.skipped else "FAILED")
         for name, row in item.user_properties:
             if name == "observed":
                 _OBSERVED.append({"category": marker.args[0], **row, "result": status, "test": item.nodeid})

@@ -22,8 +22,12 @@ def rlmbox_containers(runtime_dir: Path) -> list[str]:
         client.close()
 
 
-def orphan_container_processes(uid: int = 10001) -> list[int]:
-    """Host processes of the sandbox user still in the cgroup of a container that no longer exists."""
+def orphan_container_processes() -> list[int]:
+    """Host processes of an rlmbox kernel still in the cgroup of a container that no longer exists.
+
+    Read as root (the kernel's /proc files are not readable by others: it is non-dumpable). The containers
+    known are those of the daemon DOCKER_HOST names: with several daemons, run this against each.
+    """
     import re
 
     client = docker.from_env()
@@ -34,12 +38,10 @@ def orphan_container_processes(uid: int = 10001) -> list[int]:
     orphans = []
     for cgroup in Path("/proc").glob("[0-9]*/cgroup"):
         try:
-            status = (cgroup.parent / "status").read_text()
-            owner = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+            if b"rlmbox_kernel" not in (cgroup.parent / "cmdline").read_bytes():
+                continue
             ids = set(re.findall(r"\b[0-9a-f]{64}\b", cgroup.read_text()))
-        except (OSError, StopIteration):
-            continue
-        if owner != uid:
+        except OSError:
             continue
         if ids and not ids & live:
             orphans.append(int(cgroup.parent.name))
