@@ -378,6 +378,20 @@ def _load(values: tuple[float, float, float]) -> str:
     return "/".join(f"{v:.2f}" for v in values)
 
 
+def machine_lines(machine: dict[str, Any]) -> list[str]:
+    """What a benchmark ran on: hardware, Docker, versions, and how busy the machine was."""
+    return [
+        f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB RAM, "
+        f"kernel {machine['kernel']}",
+        f"docker:  server {machine['docker_server']}, runtime {machine['docker_runtime']}, "
+        f"storage {machine['docker_storage_driver']}, cgroup {machine['docker_cgroup']}",
+        f"python {machine['python']}, rlmbox {machine['rlmbox']}, litellm {machine['litellm']}",
+        f"load: 1/5/15-min load average {_load(machine['loadavg_start'])} at start, "
+        f"{_load(machine['loadavg_end'])} at end; {machine['other_containers_running']} other "
+        "container(s) running at start",
+    ]
+
+
 def render_header(
     machine: dict[str, Any], results: Results, config: SandboxConfig, command: str, when: str
 ) -> str:
@@ -385,14 +399,7 @@ def render_header(
         [
             f"rlmbox core benchmark, {when}",
             f"command: {command}",
-            f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB RAM, "
-            f"kernel {machine['kernel']}",
-            f"docker:  server {machine['docker_server']}, runtime {machine['docker_runtime']}, "
-            f"storage {machine['docker_storage_driver']}, cgroup {machine['docker_cgroup']}",
-            f"python {machine['python']}, rlmbox {machine['rlmbox']}, litellm {machine['litellm']}",
-            f"load: 1/5/15-min load average {_load(machine['loadavg_start'])} at start, "
-            f"{_load(machine['loadavg_end'])} at end; {machine['other_containers_running']} other "
-            "container(s) running at start",
+            *machine_lines(machine),
             f"sandbox: image {config.image}, {config.cpus:g} CPU, {config.memory // 2**20} MiB memory "
             f"(SandboxConfig defaults), backend {config.backend}",
             f"runs: {results.runs}; {results.cells} cells, {results.calls} llm_query calls and one batch of "

@@ -43,7 +43,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from core import machine_info, progress, sigint_ignored
+from core import machine_info, machine_lines, progress, sigint_ignored
 from rlmbox import RLM, RunResult, Settings
 from rlmbox.config import DEFAULT_IMAGE
 from rlmbox.llm import load_litellm
@@ -708,19 +708,11 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def render_header(machine: dict[str, Any], soak: Soak, command: str, when: str) -> str:
-    load = "/".join(f"{v:.2f}" for v in machine["loadavg_start"])
-    load_end = "/".join(f"{v:.2f}" for v in machine["loadavg_end"])
     return "\n".join(
         [
             f"rlmbox soak benchmark, {when}",
             f"command: {command}",
-            f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB RAM, "
-            f"kernel {machine['kernel']}",
-            f"docker:  server {machine['docker_server']}, runtime {machine['docker_runtime']}, "
-            f"storage {machine['docker_storage_driver']}, cgroup {machine['docker_cgroup']}",
-            f"python {machine['python']}, rlmbox {machine['rlmbox']}, litellm {machine['litellm']}",
-            f"load: 1/5/15-min load average {load} at start, {load_end} at end; "
-            f"{machine['other_containers_running']} other container(s) running at start",
+            *machine_lines(machine),
             f"sandbox: image {soak.image}, 1 CPU, 512 MiB memory, cell timeout 60 s; context "
             f"{soak.context_chars:,} chars per session",
         ]

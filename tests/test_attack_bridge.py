@@ -14,9 +14,10 @@ import pytest
 
 from rlmbox import RLM, Settings
 
-from support.attacks import SUB, repl, run_attack
+from support.attacks import run_attack
 from support.containers import rlmbox_containers
 from support.openai_server import Reply, Script, ScriptedOpenAIServer
+from support.scripted_run import SUB_SEEN, repl, scripted_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.attack("bridge")]
 
@@ -112,11 +113,7 @@ def test_raw_garbage_and_slow_writers_block_nobody(runtime_dir, tmp_path, observ
     )
 
     def settings(root: str, server: ScriptedOpenAIServer) -> Settings:
-        return Settings(
-            llm={"model": f"openai/{root}", "sub_model": SUB, "api_base": server.url, "api_key": "k"},
-            sandbox={"runtime_dir": runtime_dir, "cell_timeout_s": 30, "memory": "512m"},
-            trajectory_dir=tmp_path / "runs",
-        )
+        return scripted_settings(server.url, runtime_dir, tmp_path, llm={"model": f"openai/{root}"})
 
     async def both(server: ScriptedOpenAIServer):
         return await asyncio.gather(
@@ -171,7 +168,7 @@ print('REPORT:', [answered, refused])
 """
     run = run_attack([flood], runtime_dir, tmp_path, limits={"max_sub_calls": 10}, sub_model=Reply(text="ok"))
     assert run.report(0) == [10, 55]
-    assert len(run.script.requests_for(SUB.removeprefix("openai/"))) == run.result.sub_calls == 10
+    assert len(run.script.requests_for(SUB_SEEN)) == run.result.sub_calls == 10
     assert run.survived
     observe("65 sub-calls against a budget of 10", "10 answered, 55 refused with BudgetExceededError")
 
@@ -192,11 +189,11 @@ time.sleep(0.3)
 print('started', len(results))
 """
     run = run_attack([spawn], runtime_dir, tmp_path, sub_model=Reply(text="ok"))
-    sent = len(run.script.requests_for(SUB.removeprefix("openai/")))
+    sent = len(run.script.requests_for(SUB_SEEN))
     logged = sum(1 for e in run.events if e["event"] == "sub_call")
     assert sent == logged == run.result.sub_calls > 0  # every call that reached the model was counted
     time.sleep(0.5)
-    assert len(run.script.requests_for(SUB.removeprefix("openai/"))) == sent  # none after the run ended
+    assert len(run.script.requests_for(SUB_SEEN)) == sent  # none after the run ended
     observe("a thread calling llm_query forever", f"{sent} calls, all counted; refused once the run ended")
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from support.attacks import API_KEY, run_attack
+from support.attacks import run_attack
+from support.scripted_run import API_KEY
 
 pytestmark = [pytest.mark.docker, pytest.mark.attack("filesystem")]
 

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,9 @@ from rlmbox import Sandbox, SandboxConfig
 from rlmbox.sandbox.reaper import reap_containers, reap_session_dirs
 
 from support.containers import rlmbox_containers
+from support.scripted_run import wait_for
 
 pytestmark = pytest.mark.docker
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    """Poll a condition owned by another process (a container appearing), bounded in time."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.05)
 
 
 def test_no_container_after_a_normal_session(docker_config):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,19 +14,9 @@ from rlmbox import RLM, Settings
 
 from support.containers import rlmbox_containers
 from support.openai_server import Reply, Script, ScriptedOpenAIServer
+from support.scripted_run import API_KEY, ROOT, ROOT_SEEN, SUB, SUB_SEEN, cli_env, repl, scripted_settings
 
 pytestmark = pytest.mark.docker
-
-ROOT = "openai/root-model"
-SUB = "openai/sub-model"
-# What the server sees: litellm strips the provider prefix.
-ROOT_SEEN = "root-model"
-SUB_SEEN = "sub-model"
-API_KEY = "sk-test-canary-0123456789abcdef"
-
-
-def repl(code: str, prose: str = "Next step.") -> Reply:
-    return Reply(text=f"{prose}\n```repl\n{code}\n```")
 
 
 def sub_answer(request: dict) -> Reply:
@@ -37,18 +26,7 @@ def sub_answer(request: dict) -> Reply:
 
 
 def run_settings(server: ScriptedOpenAIServer, runtime_dir: Path, tmp_path: Path, **limits) -> Settings:
-    return Settings(
-        llm={
-            "model": ROOT,
-            "sub_model": SUB,
-            "api_base": server.url,
-            "api_key": API_KEY,
-            "retry_backoff_s": 0.01,
-        },
-        sandbox={"runtime_dir": runtime_dir, "cell_timeout_s": 30, "memory": "512m"},
-        limits=limits,
-        trajectory_dir=tmp_path / "runs",
-    )
+    return scripted_settings(server.url, runtime_dir, tmp_path, limits=limits)
 
 
 CONTEXT = "\n".join(f"record {i}: " + ("code=4711" if i == 737 else "nothing here") for i in range(2000))
@@ -140,25 +118,11 @@ def test_provider_500_is_retried(runtime_dir, tmp_path):
     assert len(script.requests_for(ROOT_SEEN)) == 2
 
 
-def test_sub_model_not_configured_is_refused(runtime_dir, tmp_path):
-    script = Script({ROOT_SEEN: [repl("llm_query('x', model='openai/gpt-5')"), Reply(text="FINAL(done)")]})
-    with ScriptedOpenAIServer(script) as server:
-        RLM(run_settings(server, runtime_dir, tmp_path)).run("ctx", "q")
-    fed_back = script.requests_for(ROOT_SEEN)[1]["messages"][-1]["content"]
-    assert "LLMQueryError" in fed_back and "not configured for this run" in fed_back
-    assert script.requests_for("gpt-5") == []
-
-
 # -- the CLI contract --------------------------------------------------------------------------------------
 
 
 def rlmbox(*args: str, runtime_dir: Path, stdin: str | None = None, **kwargs) -> subprocess.CompletedProcess:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "RLMBOX_SANDBOX__RUNTIME_DIR": str(runtime_dir),
-        "OPENAI_API_KEY": API_KEY,
-    }
+    env = cli_env(runtime_dir)
     return subprocess.run(
         [sys.executable, "-m", "rlmbox.cli", *args],
         input=stdin,

@@ -4,7 +4,6 @@ container or daemon, a failing provider, Ctrl-C in the middle of a fan-out."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,20 +17,21 @@ import pytest
 
 from rlmbox import RLM, Settings
 
-from support.attacks import API_KEY, ROOT, SUB, repl, run_attack
+from support.attacks import run_attack
 from support.containers import rlmbox_containers
 from support.openai_server import Reply, Script, ScriptedOpenAIServer
+from support.scripted_run import (
+    ROOT,
+    ROOT_SEEN,
+    SUB,
+    SUB_SEEN,
+    cli_env,
+    repl,
+    scripted_settings,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.attack("faults")]
-ROOT_SEEN, SUB_SEEN = ROOT.removeprefix("openai/"), SUB.removeprefix("openai/")
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.05)
 
 
 def events(trajectory: str | Path) -> list[dict]:
@@ -112,19 +112,7 @@ def test_docker_daemon_unreachable_at_start(runtime_dir, tmp_path, monkeypatch, 
 
 
 def settings(server: ScriptedOpenAIServer, runtime_dir: Path, tmp_path: Path, **llm) -> Settings:
-    return Settings(
-        llm={
-            "model": ROOT,
-            "sub_model": SUB,
-            "api_base": server.url,
-            "api_key": API_KEY,
-            "retry_backoff_s": 0.01,
-            "max_retries": 2,
-            **llm,
-        },
-        sandbox={"runtime_dir": runtime_dir, "cell_timeout_s": 30, "memory": "512m"},
-        trajectory_dir=tmp_path / "runs",
-    )
+    return scripted_settings(server.url, runtime_dir, tmp_path, llm={"max_retries": 2, **llm})
 
 
 FIRST_TURN = repl("x = 1\nprint('first turn ran')")
@@ -208,12 +196,7 @@ def test_empty_replies_get_a_reminder_and_the_run_goes_on(runtime_dir, tmp_path,
 
 
 def cli(runtime_dir: Path, *args: str) -> subprocess.Popen:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "RLMBOX_SANDBOX__RUNTIME_DIR": str(runtime_dir),
-        "OPENAI_API_KEY": API_KEY,
-    }
+    env = cli_env(runtime_dir)
     return subprocess.Popen(
         [sys.executable, "-m", "rlmbox.cli", *args],
         stdin=subprocess.PIPE,
