@@ -4,6 +4,7 @@ missing in CI (``CI=true``) and are skipped elsewhere, saying why."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,11 +88,14 @@ def observe(request: pytest.FixtureRequest):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     marker = item.get_closest_marker("attack")
-    if marker is not None and call.when == "call":
-        status = "passed" if report.passed else ("skipped" if report.skipped else "FAILED")
-        for name, row in item.user_properties:
-            if name == "observed":
-                _OBSERVED.append({"category": marker.args[0], **row, "result": status, "test": item.nodeid})
+    if marker is None or not (call.when == "call" or report.failed):
+        return report
+    status = "passed" if report.passed else ("skipped" if report.skipped else "FAILED")
+    rows = [row for name, row in item.user_properties if name == "observed"]
+    if not rows and report.failed:  # failed before it could say what it saw: the table must still show it
+        rows = [{"attack": item.name, "outcome": f"the test failed in {call.when}"}]
+    for row in rows:
+        _OBSERVED.append({"category": marker.args[0], **row, "result": status, "test": item.nodeid})
     return report
 
 
@@ -99,7 +103,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """With RLMBOX_SECURITY_REPORT=PATH, write the attack rows there (for scripts/security_table.py)."""
     target = os.environ.get("RLMBOX_SECURITY_REPORT")
     if target and _OBSERVED:
-        import json
-
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(json.dumps(_OBSERVED, indent=1))

@@ -194,7 +194,7 @@ print('started', len(results))
     assert sent == logged == run.result.sub_calls > 0  # every call that reached the model was counted
     time.sleep(0.5)
     assert len(run.script.requests_for(SUB_SEEN)) == sent  # none after the run ended
-    observe("a thread calling llm_query forever", f"{sent} calls, all counted; refused once the run ended")
+    observe("a thread calling llm_query forever", f"{sent} calls, every one in the ledger and the trajectory")
 
 
 def test_a_model_the_run_did_not_configure_is_refused(runtime_dir, tmp_path, observe):

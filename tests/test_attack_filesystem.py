@@ -70,12 +70,15 @@ report = {
     'environ_names': sorted(v.split('=')[0] for v in environ.split('\\0') if v),
     'keys': read('/proc/keys'),
     'cgroup_write': None,
-    'cgroup_memory_limit': read('/sys/fs/cgroup/memory/memory.limit_in_bytes').strip(),
-    'cgroup_tasks': len(read('/sys/fs/cgroup/pids/tasks').split()),
     'my_environ': sorted(os.environ),
 }
+v2 = os.path.exists('/sys/fs/cgroup/cgroup.controllers')
+limit_file = '/sys/fs/cgroup/memory.max' if v2 else '/sys/fs/cgroup/memory/memory.limit_in_bytes'
+report['cgroup_memory_limit'] = read(limit_file).strip()
+tasks_file = '/sys/fs/cgroup/cgroup.procs' if v2 else '/sys/fs/cgroup/pids/tasks'
+report['cgroup_tasks'] = len(read(tasks_file).split())
 try:
-    open('/sys/fs/cgroup/memory/memory.limit_in_bytes', 'w').write('-1')
+    open(limit_file, 'w').write('max' if v2 else '-1')
 except OSError as e:
     report['cgroup_write'] = errno.errorcode[e.errno]
 print('REPORT:', report)
@@ -161,9 +164,9 @@ print('REPORT:', {{'found': found, 'sockets': sorted(sockets), 'docker': docker_
     assert report["docker"] == []
     ipc_sockets = {s for s in report["sockets"] if s.startswith("/rlmbox-ipc/")}
     assert set(report["sockets"]) - ipc_sockets == EXPECTED_SOCKETS and len(ipc_sockets) == 5
-    # Host paths appear only as rlmbox's two session mounts, Docker's generated /etc files and its init.
+    # Host paths appear only as rlmbox's two session mounts and Docker's generated /etc files.
     allowed = {"/", "/tmp", "/home/sandbox", "/rlmbox", "/rlmbox-ipc", "/etc/hosts", "/etc/hostname"}
-    allowed |= {"/etc/resolv.conf", "/usr/sbin/docker-init"}
+    allowed.add("/etc/resolv.conf")
     other = {m for m in report["mounts"] if m not in allowed and not m.startswith(("/proc", "/dev", "/sys"))}
     assert other == set(), report["mounts"]
     trajectory = Path(run.result.trajectory).read_text()
@@ -173,9 +176,7 @@ print('REPORT:', {{'found': found, 'sockets': sorted(sockets), 'docker': docker_
     observe("search files and /proc/*/environ, cmdline for the API key", "not found; not in the trajectory")
     observe("look for the Docker socket", "none anywhere")
     observe("list Unix sockets", "only the session's bridge and the kernel's 5 ipc sockets")
-    observe(
-        "list mounts", "host paths: the session's two directories, Docker's /etc files and init (read-only)"
-    )
+    observe("list mounts", "host paths: only the session's two directories and Docker's /etc files")
 
 
 def test_a_host_abstract_socket_is_out_of_reach(runtime_dir, tmp_path, observe):

@@ -76,6 +76,7 @@ for top in ('/usr', '/bin', '/sbin', '/opt', '/etc'):
                 setuid_files.append(os.path.join(root, name))
 status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines() if ':' in line)
 report['setuid binaries'] = setuid_files
+report['/proc owner of pid 1 and of the kernel'] = [os.stat(f'/proc/{p}/mem').st_uid for p in ('1', 'self')]
 report['identity'] = [os.getuid(), os.geteuid(), os.getgid(), os.getgroups()]
 report['capabilities'] = sorted({status[k].strip() for k in status if k.startswith('Cap')})
 report['no_new_privs'] = status['NoNewPrivs'].strip()
@@ -89,6 +90,8 @@ def test_privileged_operations_are_refused(runtime_dir, tmp_path, observe):
     run = run_attack([PRIVILEGE_PROBE], runtime_dir, tmp_path)
     report = run.report(0)
     assert report.pop("setuid binaries") == []
+    # The /proc files of a non-dumpable process belong to root: the launcher and the kernel both are.
+    assert report.pop("/proc owner of pid 1 and of the kernel") == [0, 0]
     assert report.pop("identity") == [10001, 10001, 10001, [10001]]
     assert report.pop("capabilities") == ["0000000000000000"]
     assert report.pop("no_new_privs") == "1" and report.pop("seccomp") == "2"
@@ -96,6 +99,7 @@ def test_privileged_operations_are_refused(runtime_dir, tmp_path, observe):
         assert result in {"EPERM", "EACCES", "ENOSYS"}, (action, result)
         observe(action, result)
     observe("find setuid/setgid binaries", "none (stripped from the image)")
+    observe("is the init or the kernel dumpable?", "no: their /proc/PID/mem belongs to root")
     observe("identity and capabilities", "uid 10001, no capabilities, no_new_privs, seccomp filter on")
     assert run.survived and run.leftovers == []
 

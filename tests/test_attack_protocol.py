@@ -120,10 +120,11 @@ send('stream', parent, {'name': 'stdout', 'text': 'q' * 40_000_000})
 
 
 def test_a_kernel_closing_its_own_channel_is_replaced(runtime_dir, tmp_path, observe):
-    attack = "get_ipython().kernel.shell_stream.socket.close(linger=0)\nimport time\ntime.sleep(5)"
+    attack = "get_ipython().kernel.shell_stream.socket.close(linger=0)\nimport time\ntime.sleep(30)"
     run = run_attack([attack], runtime_dir, tmp_path)
     (death,) = [e for e in run.events if e["event"] == "kernel_died"]
-    assert "broke its shell channel" in death["reason"] or "kernel" in death["reason"]
+    assert "broke its shell channel" in death["reason"]
+    assert run.result.elapsed_s < 15  # noticed long before the cell's 30 s sleep (or its 20 s limit) ended
     assert run.survived and run.leftovers == []
     observe("the kernel closes its shell socket", f"noticed at once: {death['reason']}")
 
@@ -151,7 +152,7 @@ print('sent')
     baseline = rss()
     run = run_attack([attack], runtime_dir, tmp_path, sandbox={"memory": "1g"})
     growth = peak_rss() - baseline
-    assert "sent" in run.feedback[0] or "dropped" in run.feedback[0]
+    assert "bytes of output were dropped" in run.feedback[0]  # the host's own cap counted the excess
     assert growth < 200 * 2**20  # about 4 queued frames per socket, plus parsing one
     assert run.survived and run.leftovers == []
     observe(

@@ -235,14 +235,15 @@ def test_ctrl_c_during_a_batched_sub_call_cancels_every_call(runtime_dir, tmp_pa
 
 def test_the_next_start_reaps_what_a_killed_run_left(runtime_dir, tmp_path, observe):
     (tmp_path / "c.txt").write_text("ctx")
-    script = Script({ROOT_SEEN: [repl("import time\ntime.sleep(120)")]})
+    script = Script(
+        {ROOT_SEEN: [repl("llm_query('started')\nimport time\ntime.sleep(120)")]}, default=Reply(text="ok")
+    )
     with ScriptedOpenAIServer(script) as server:
         process = cli(
             runtime_dir, "run", "--context", str(tmp_path / "c.txt"), "--query", "q", "--model", ROOT,
-            "--api-base", server.url, "--trajectory", str(tmp_path / "t.jsonl"),
+            "--sub-model", SUB, "--api-base", server.url, "--trajectory", str(tmp_path / "t.jsonl"),
         )  # fmt: skip
-        wait_for(lambda: len(script.requests_for(ROOT_SEEN)) == 1, timeout=60)
-        time.sleep(0.5)  # the cell is running
+        wait_for(lambda: len(script.requests_for(SUB_SEEN)) == 1, timeout=60)  # the cell is running
         process.kill()  # SIGKILL: no clean-up code runs
         process.communicate(timeout=30)
     assert len(rlmbox_containers(runtime_dir)) == 1 and len(list(runtime_dir.iterdir())) == 1

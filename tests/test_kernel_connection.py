@@ -66,3 +66,66 @@ def test_frame_limit_fits_the_largest_honest_message():
     # Capped output or a final answer, every character escaped as \uXXXX, plus room for the envelope.
     assert max_frame_bytes(2_000_000, 1_000_000) == 1024 * 1024 + 12_000_000
     assert max_frame_bytes(10, 5_000_000) > 6 * 5_000_000
+
+
+def test_messages_that_fail_to_decode_are_skipped_whatever_the_decoder_raises():
+    """The kernel holds the signing key, so it can sign bytes that make the JSON decoder raise anything
+    (a RecursionError for deeply nested arrays): the host skips them and reads on."""
+    from types import SimpleNamespace
+
+    from rlmbox.kernel import KernelConnection
+
+    class Channel:
+        def __init__(self) -> None:
+            self.queue: list[object] = [RecursionError("nested"), ValueError("Invalid Signature"), {"ok": 1}]
+
+        async def get_msg(self) -> dict:
+            item = self.queue.pop(0)
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    connection = SimpleNamespace(undecodable=0)
+    message = asyncio.run(KernelConnection._next(connection, Channel()))
+    assert message == {"ok": 1} and connection.undecodable == 2
+
+
+def test_a_socket_error_is_not_mistaken_for_a_bad_message():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from rlmbox.kernel import KernelConnection
+
+    class Closed:
+        async def get_msg(self) -> dict:
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+
+    with pytest.raises(zmq.ZMQError):
+        asyncio.run(KernelConnection._next(SimpleNamespace(undecodable=0), Closed()))
+
+
+def test_each_channel_of_a_live_kernel_has_its_frame_limit(local_config):
+    """Per-channel limits rely on jupyter_client creating each socket when its channel is first named."""
+    import warnings
+
+    from rlmbox import AsyncSandbox
+    from rlmbox.kernel import MAX_REPLY_FRAME_BYTES
+
+    async def main() -> dict[str, int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            async with AsyncSandbox(local_config) as sandbox:
+                client = sandbox.backend._kernel._client
+                return {
+                    name: getattr(client, f"{name}_channel").socket.getsockopt(zmq.MAXMSGSIZE)
+                    for name in ("shell", "control", "iopub")
+                }
+
+    limits = asyncio.run(main())
+    expected_iopub = max_frame_bytes(local_config.max_cell_output_bytes, local_config.max_final_chars)
+    assert limits == {
+        "shell": MAX_REPLY_FRAME_BYTES,
+        "control": MAX_REPLY_FRAME_BYTES,
+        "iopub": expected_iopub,
+    }

@@ -56,3 +56,32 @@ def test_large_messages_of_other_kinds_are_dropped():
     assert cap.limit(message("comm_msg", {"data": "z" * (MAX_REPLY_BYTES + 1)})) is None
     assert cap.limit(message("comm_msg", {"data": "small"})) is not None
     assert cap.limit(message("status", {"execution_state": "idle"})) is not None
+
+
+def test_install_wraps_a_real_session_for_every_way_ipykernel_calls_send():
+    from types import SimpleNamespace
+
+    from jupyter_client.session import Session
+
+    from rlmbox_kernel._output_cap import install
+
+    session = Session(key=b"k")
+    sent: list[dict] = []
+
+    def record(stream, msg_or_type, content=None, parent=None, ident=None, buffers=None, track=False, **kw):
+        sent.append(msg_or_type)
+        return msg_or_type
+
+    session.send = record
+    install(SimpleNamespace(kernel=SimpleNamespace(session=session)), 8)
+    parent = session.msg("execute_request", {})["header"]
+    # kernelbase sends replies with five positional arguments, send_response with nine.
+    session.send(None, "kernel_info_reply", {"status": "ok"}, parent, [b"ident"])
+    session.send(None, "execute_reply", {"status": "ok"}, parent, None, None, False, None, None)
+    session.send(None, "stream", {"name": "stdout", "text": "0123456789"}, parent)
+    session.send(None, "status", {"execution_state": "idle"}, parent)
+    kinds = [m["header"]["msg_type"] for m in sent]
+    assert kinds == ["kernel_info_reply", "execute_reply", "stream", "display_data", "status"]
+    assert sent[2]["content"]["text"] == "01234567"
+    assert sent[3]["content"]["data"][DROPPED_MIME] == {"bytes": 2}
+    assert sent[3]["parent_header"]["msg_id"] == parent["msg_id"]

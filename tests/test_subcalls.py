@@ -102,3 +102,19 @@ def test_calls_after_the_run_ended_are_refused(tmp_path):
     with pytest.raises(BridgeError, match="the run has ended"):
         asyncio.run(r.llm_query(["after"], None))
     assert ledger.sub_calls == 1
+
+
+def test_calls_waiting_their_turn_when_the_run_ends_are_not_made(tmp_path):
+    lm = FakeLM(delay=0.2)
+    r, ledger = router(tmp_path, lm, Limits(), concurrency=1)
+
+    async def main():
+        batch = asyncio.ensure_future(r.llm_query(["first", "second", "third"], None))
+        await lm.started.wait()
+        r.close()
+        return await batch
+
+    first, *waiting = asyncio.run(main())
+    assert first.text == "FIRST"
+    assert [o.error for o in waiting] == ["the run has ended: no more sub-calls"] * 2
+    assert ledger.sub_calls == 1 and lm.peak == 1

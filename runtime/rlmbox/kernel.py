@@ -198,7 +198,7 @@ class KernelConnection:
                 monitor.close(linger=0)
         if not self.lost.done():
             limit = MAX_REPLY_FRAME_BYTES if name != "iopub" else self.max_frame_bytes
-            reason = f"a message over {limit // 2**20} MiB, or a closed socket"
+            reason = f"a message over {limit / 2**20:.1f} MiB, or a closed socket"
             self.lost.set_result(f"the kernel broke its {name} channel ({reason})")
 
     async def execute(self, code: str, timeout: float) -> RawCell:
@@ -237,7 +237,9 @@ class KernelConnection:
         while True:
             try:
                 return await channel.get_msg()
-            except (ValueError, TypeError, KeyError, IndexError) as exc:  # JSONDecodeError, UnicodeError too
+            except zmq.ZMQError:
+                raise  # the socket itself failed: nothing more will come
+            except Exception as exc:  # anything the bytes made the decoder raise (RecursionError included)
                 self.undecodable += 1
                 if self.undecodable == 1:
                     log.warning("kernel.undecodable_message", error=str(exc)[:200])

@@ -17,6 +17,8 @@ __all__ = ["SubCallRouter"]
 
 log = structlog.get_logger(__name__)
 
+RUN_ENDED = "the run has ended: no more sub-calls"
+
 
 class SubCallRouter:
     """The run's BridgeHandler. Only models the run configured may be named; each prompt is one sub-call."""
@@ -46,7 +48,7 @@ class SubCallRouter:
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
         if self._closed:
-            raise BridgeError("the run has ended: no more sub-calls")
+            raise BridgeError(RUN_ENDED)
         chosen = model or self._default_model
         if chosen is None:
             raise BridgeError("llm_query is not available: no sub-model is configured")
@@ -65,11 +67,14 @@ class SubCallRouter:
     async def _one(self, model: str, prompt: str, index: int, batch: int) -> QueryOutcome:
         async with self._limit:
             started = time.perf_counter()
+            refusal = RUN_ENDED if self._closed else None  # the run ended while this call waited its turn
             try:
                 self._ledger.check()
             except BudgetExceeded as exc:
+                refusal = str(exc)
+            if refusal is not None:
                 self._ledger.release_sub_calls(1)  # reserved, but never made
-                return QueryOutcome(ok=False, error=str(exc))
+                return QueryOutcome(ok=False, error=refusal)
             try:
                 completion = await self._lm.complete(
                     model, [{"role": "user", "content": prompt}], timeout_s=self._ledger.remaining_s()

@@ -11,6 +11,7 @@ reads ``text/plain``.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -130,26 +131,38 @@ def install(shell: Any, max_cell_bytes: int) -> OutputCap:
     cap = OutputCap(max_cell_bytes)
     session = shell.kernel.session
     send = session.send
+    lock = threading.Lock()  # the IOPub thread sends streams, the shell and control threads the rest
 
-    def capped_send(
-        stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None, **kwargs: Any
+    def capped_send(  # Session.send's signature: ipykernel passes up to nine arguments by position
+        stream: Any,
+        msg_or_type: Any,
+        content: Any = None,
+        parent: Any = None,
+        ident: Any = None,
+        buffers: Any = None,
+        track: bool = False,
+        header: Any = None,
+        metadata: Any = None,
     ) -> Any:
         if isinstance(msg_or_type, str):
-            header, metadata = kwargs.pop("header", None), kwargs.pop("metadata", None)
             msg_or_type = session.msg(
                 msg_or_type, content=content, parent=parent, header=header, metadata=metadata
             )
-        msg = cap.limit(msg_or_type)
+        with lock:
+            msg = cap.limit(msg_or_type)
+            is_idle = (
+                msg is not None
+                and msg["header"]["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            )
+            dropped = cap.take_dropped(str(msg["parent_header"].get("msg_id", ""))) if is_idle else 0
         if msg is None:
             return None
-        if msg["header"]["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-            parent_id = str(msg.get("parent_header", {}).get("msg_id", ""))
-            if dropped := cap.take_dropped(parent_id):
-                notice = f"[{dropped} bytes of output dropped in the sandbox: over {max_cell_bytes} a cell]"
-                data = {DROPPED_MIME: {"bytes": dropped}, "text/plain": notice}
-                report = {"data": data, "metadata": {}, "transient": {}}
-                send(stream, session.msg("display_data", report, parent=msg["parent_header"]), **kwargs)
-        return send(stream, msg, **kwargs)
+        if dropped:
+            notice = f"[{dropped} bytes of output dropped in the sandbox: over {max_cell_bytes} a cell]"
+            report = {"data": {DROPPED_MIME: {"bytes": dropped}, "text/plain": notice}, "metadata": {}}
+            send(stream, session.msg("display_data", report, parent=msg["parent_header"]))
+        return send(stream, msg, ident=ident, buffers=buffers, track=track)
 
     session.send = capped_send
     return cap

@@ -9,6 +9,7 @@ kernel inherits: a process of the same user can then neither ptrace it nor read 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -59,8 +60,13 @@ def run_as_init(connection_file: Path) -> int:
         os.setpgid(0, 0)  # the kernel's interrupts (sent to its group) never reach the init
         run_kernel(connection_file)
         os._exit(0)
+
+    def forward(number: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the kernel has just ended
+            os.kill(kernel, number)
+
     for forwarded in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(forwarded, lambda number, _frame: os.kill(kernel, number))
+        signal.signal(forwarded, forward)
     while True:
         try:
             pid, status = os.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import docker
@@ -28,8 +29,6 @@ def orphan_container_processes() -> list[int]:
     Read as root (the kernel's /proc files are not readable by others: it is non-dumpable). The containers
     known are those of the daemon DOCKER_HOST names: with several daemons, run this against each.
     """
-    import re
-
     client = docker.from_env()
     try:
         live = {c.id for c in client.containers.list(all=True, sparse=True)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import signal
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -81,8 +82,6 @@ def _signal_of(exit_code: int | None) -> int | None:
 
 
 def _signal_name(number: int) -> str:
-    import signal
-
     try:
         return signal.Signals(number).name
     except ValueError:

@@ -142,6 +142,16 @@ class DockerSandbox(KernelBackedSandbox):
             self._client.close()
             self._client = None
 
+    async def _kernel_alive(self) -> bool:
+        container = self._container
+        if container is None:
+            return False
+        try:
+            await asyncio.to_thread(container.reload)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+        return container.status == "running"
+
     async def _diagnostics(self) -> str:
         container = self._container
         if container is None:

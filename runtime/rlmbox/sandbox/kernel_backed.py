@@ -31,8 +31,10 @@ __all__ = ["KernelBackedSandbox", "thread_limits"]
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# After a kernel channel breaks, how long the kernel's exit has to explain it (e.g. out of memory).
-LOST_GRACE_S = 0.5
+# After a kernel channel breaks: how long its exit may take to explain it (e.g. out of memory) before the
+# host looks whether the kernel still runs, and how long a dead kernel's exit report may take.
+LOST_GRACE_S = 0.2
+EXIT_REPORT_TIMEOUT_S = 10.0
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -48,6 +50,7 @@ class KernelBackedSandbox(SandboxBackend):
     _bridge: BridgeServer | None = None
     _kernel: KernelConnection | None = None
     _exited: asyncio.Future[KernelExit] | None = None
+    _judging: asyncio.Future[None] | None = None
 
     # -- what a backend provides ---------------------------------------------------------------------
 
@@ -62,6 +65,10 @@ class KernelBackedSandbox(SandboxBackend):
     @abc.abstractmethod
     async def _terminate(self) -> None:
         """End the kernel process and release what ``_launch`` created. Idempotent."""
+
+    async def _kernel_alive(self) -> bool:
+        """Whether the kernel's process (or container) is still running."""
+        return True
 
     async def _diagnostics(self) -> str:
         """A few lines on why the kernel failed to start (e.g. its last log lines)."""
@@ -124,17 +131,22 @@ class KernelBackedSandbox(SandboxBackend):
         )
 
     def _on_connection_lost(self, lost: asyncio.Future[str]) -> None:
-        """A broken channel ends the kernel's usefulness; give its exit (which may explain why) a moment to
-        arrive first."""
         exited = self._exited
         if lost.cancelled() or exited is None or exited.done():
             return
+        self._judging = asyncio.ensure_future(self._judge_lost_connection(lost.result(), exited))
 
-        def give_up() -> None:
-            if not exited.done():
-                exited.set_result(KernelExit(None, broken=lost.result()))
-
-        asyncio.get_running_loop().call_later(LOST_GRACE_S, give_up)
+    async def _judge_lost_connection(self, reason: str, exited: asyncio.Future[KernelExit]) -> None:
+        """A kernel channel broke. If the kernel died, its exit (which says why: out of memory, a signal) is
+        on its way; if it lives, it broke the protocol and is given up on."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exited), LOST_GRACE_S)
+            return
+        if not await self._kernel_alive():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), EXIT_REPORT_TIMEOUT_S)
+        if not exited.done():
+            exited.set_result(KernelExit(None, broken=reason))
 
     async def _until_ready(self, timeout: float) -> None:
         assert self._bridge is not None
@@ -151,6 +163,8 @@ class KernelBackedSandbox(SandboxBackend):
     async def _stop(self) -> None:
         """Close the kernel connection, end the kernel, close the bridge, remove the session directory:
         every step runs even if an earlier one fails."""
+        if self._judging is not None:
+            self._judging.cancel()
         kernel, self._kernel = self._kernel, None
         bridge, self._bridge = self._bridge, None
         session, self._session = self._session, None

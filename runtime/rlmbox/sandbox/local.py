@@ -71,6 +71,9 @@ class LocalSandbox(KernelBackedSandbox):
         )
         self._watch = asyncio.create_task(_watch_exit(self._process, exited))
 
+    async def _kernel_alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
     async def _terminate(self) -> None:
         process, self._process = self._process, None
         if process is None:
