@@ -62,8 +62,9 @@ security-report: install docker image ## Run the escape suite and regenerate the
 	RLMBOX_SECURITY_REPORT=build/security-report.json "$(VENV)/bin/pytest" -m attack $(PYTEST_ARGS)
 	"$(VENV)/bin/python" scripts/security_table.py build/security-report.json docs/SECURITY.md
 
-bench: install docker image ## Measure sandbox start, cell and llm_query latency (bench/core.py BENCH_ARGS)
+bench: install docker image ## Every performance figure against its target (bench/core.py BENCH_ARGS), then 16 sessions x 50 cells
 	"$(VENV)/bin/python" bench/core.py $(BENCH_ARGS)
+	"$(VENV)/bin/python" bench/soak.py --sessions 16 --cells 50
 
 soak: install docker image ## Soak test: 16 concurrent sessions x 100 cells with sub-calls (bench/soak.py BENCH_ARGS)
 	"$(VENV)/bin/python" bench/soak.py $(BENCH_ARGS)

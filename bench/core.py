@@ -11,8 +11,10 @@ of a few seconds is not a per-call cost); the output says so.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -32,12 +34,11 @@ from typing import Any
 import docker
 import docker.errors
 
-from rlmbox import VERSION, Limits, LLMSettings, Sandbox, SandboxConfig
+from rlmbox import VERSION, AsyncSandbox, Limits, LLMSettings, Sandbox, SandboxConfig, SandboxPool
 from rlmbox.config import DEFAULT_IMAGE
 from rlmbox.ledger import Ledger
-from rlmbox.llm import LMClient, load_litellm
+from rlmbox.llm import Completion, LMClient, load_litellm
 from rlmbox.log import ensure_logging
-from rlmbox.protocol import QueryOutcome
 from rlmbox.sandbox.owner import ProcessIdentity
 from rlmbox.sandbox.reaper import LABEL_PREFIX
 from rlmbox.subcalls import SubCallRouter
@@ -48,6 +49,10 @@ RESULTS_DIR = REPO / "bench" / "results"
 BASELINE_LABEL = f"{LABEL_PREFIX}.bench-baseline"
 SMALL_CONTEXT_CHARS = 1_000
 BIG_CONTEXT_CHARS = 50_000_000
+INJECT_CONTEXT_CHARS = 40_000_000
+LARGE_CONTEXT_CHARS = 400_000_000
+LARGE_RUNS = 3
+IDLE_SESSIONS = 4
 ANSWER = "ok"
 SUB_MODEL = "openai/bench"
 
@@ -84,6 +89,15 @@ class Figure:
     unit: str
     per: str
     samples: list[float] = field(default_factory=list)
+    target: tuple[str, float] | None = None
+    """The issue's target for the median: ("<=", 800.0) or (">=", 30000.0)."""
+
+    def verdict(self) -> str:
+        if self.target is None or not self.samples:
+            return ""
+        op, bound = self.target
+        median = statistics.median(self.samples)
+        return "pass" if (median <= bound if op == "<=" else median >= bound) else "FAIL"
 
     def summary(self) -> dict[str, Any]:
         values = self.samples
@@ -95,6 +109,8 @@ class Figure:
             "median": statistics.median(values) if values else None,
             "min": min(values) if values else None,
             "max": max(values) if values else None,
+            "target": list(self.target) if self.target else None,
+            "verdict": self.verdict() or None,
             "samples": values,
         }
 
@@ -108,8 +124,10 @@ class Results:
     figures: dict[str, Figure] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def figure(self, key: str, label: str, unit: str, per: str) -> Figure:
-        return self.figures.setdefault(key, Figure(label, unit, per))
+    def figure(
+        self, key: str, label: str, unit: str, per: str, target: tuple[str, float] | None = None
+    ) -> Figure:
+        return self.figures.setdefault(key, Figure(label, unit, per, target=target))
 
 
 def ms(seconds: float) -> float:
@@ -165,13 +183,30 @@ def make_text(chars: int) -> str:
     return (line * (chars // len(line) + 1))[:chars]
 
 
-class InstantHandler:
-    """A bridge handler that answers every prompt at once: the cost of the bridge alone."""
+class InstantLM:
+    """The LM client replaced at its own interface by one that answers at once (after ``delay_s``): what
+    rlmbox itself costs per sub-call (bridge, router, ledger, trajectory), or a model of known latency."""
 
-    _outcome = QueryOutcome(ok=True, text=ANSWER)
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
-        return [self._outcome] * len(prompts)
+    async def complete(self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None):
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return Completion(ANSWER, model, 1, 1, 0.0, self.delay_s, 1)
+
+
+def router_for(lm: Any, scratch: Path, concurrency: int = 16) -> SubCallRouter:
+    """A run's sub-call router around ``lm``, with a ledger and a trajectory file, as RLM builds it."""
+    writer = TrajectoryWriter(scratch / f"trajectory-{time.monotonic_ns()}.jsonl").__enter__()
+    return SubCallRouter(
+        lm,
+        Ledger(Limits(max_sub_calls=10**9)),
+        writer,
+        default_model=SUB_MODEL,
+        allowed_models={SUB_MODEL},
+        max_concurrency=concurrency,
+    )
 
 
 def progress(message: str) -> None:
@@ -239,7 +274,9 @@ def bench_cold_start(results: Results, config: SandboxConfig, client: docker.Doc
     small = make_text(SMALL_CONTEXT_CHARS)
     baseline = results.figure("docker_run_true", "docker run --rm --network none IMAGE true", "ms", "run")
     base_start = results.figure("docker_create_start", "  of which create + start", "ms", "run")
-    start = results.figure("cold_start", "cold start, Sandbox enter until ready (1 KB ctx)", "ms", "run")
+    start = results.figure(
+        "cold_start", "cold start, Sandbox enter until ready (1 KB ctx)", "ms", "run", ("<=", 800)
+    )
     close = results.figure("close", "close (kernel stop, container remove)", "ms", "run")
     ratio = results.figure("cold_start_ratio", "cold start / docker run baseline", "x", "run")
     for run in range(1, results.runs + 1):
@@ -271,17 +308,22 @@ def time_cells(sandbox: Sandbox, cells: int) -> list[float]:
     return samples
 
 
-def bench_warm(results: Results, config: SandboxConfig) -> None:
-    """Cell round trips (1 KB and 50 MB contexts) and llm_query against an instant handler."""
+def bench_warm(results: Results, config: SandboxConfig, scratch: Path) -> None:
+    """Cell round trips (1 KB and 50 MB contexts) and llm_query against an instant model."""
     big_start = results.figure("start_50mb", "start with 50 MB ctx (the warm sandbox)", "ms", "start")
-    small_cells = results.figure("cell_1kb", "cell round trip `x = 1`, 1 KB ctx", "ms", "cell")
+    small_cells = results.figure("cell_1kb", "cell round trip `x = 1`, 1 KB ctx", "ms", "cell", ("<=", 3))
     big_cells = results.figure("cell_50mb", "cell round trip `x = 1`, 50 MB ctx", "ms", "cell")
-    big_ratio = results.figure("cell_ratio", "cell round trip, 50 MB / 1 KB (run medians)", "x", "run")
-    instant = results.figure("llm_instant", "llm_query round trip, instant handler", "ms", "call")
-    batched = results.figure("batched_instant", "llm_query_batched, instant handler", "prompts/s", "run")
+    big_ratio = results.figure(
+        "cell_ratio", "cell round trip, 50 MB / 1 KB (run medians)", "x", "run", ("<=", 1.2)
+    )
+    instant = results.figure("llm_instant", "llm_query round trip, instant model", "ms", "call", ("<=", 0.5))
+    batched = results.figure(
+        "batched_instant", "llm_query_batched, instant model", "prompts/s", "run", (">=", 30_000)
+    )
     progress("[warm sandboxes: starting, one with a 50 MB context]")
     big_text = make_text(BIG_CONTEXT_CHARS)
-    with Sandbox(config, context=make_text(SMALL_CONTEXT_CHARS), handler=InstantHandler()) as small_box:
+    router = router_for(InstantLM(), scratch)
+    with Sandbox(config, context=make_text(SMALL_CONTEXT_CHARS), handler=router) as small_box:
         started = time.perf_counter()
         with Sandbox(config, context=big_text) as big_box:
             big_start.samples.append(ms(time.perf_counter() - started))
@@ -307,6 +349,13 @@ def bench_real_stack(results: Results, config: SandboxConfig, scratch: Path) -> 
     from support.openai_server import Reply, ScriptedOpenAIServer
 
     figure = results.figure("llm_real", "llm_query round trip, real stack (local server)", "ms", "call")
+    batched = results.figure(
+        "batched_real", "llm_query_batched, real stack (local server)", "prompts/s", "run"
+    )
+    http = results.figure(
+        "batched_http", "  baseline: the same POSTs from httpx, same concurrency", "prompts/s", "run"
+    )
+    share = results.figure("litellm_share", "  share of the batch's time beyond plain HTTP", "%", "run")
     progress("[real stack: importing litellm (not timed)]")
     load_litellm()
     reply = Reply(text=ANSWER)
@@ -322,10 +371,156 @@ def bench_real_stack(results: Results, config: SandboxConfig, scratch: Path) -> 
                 max_concurrency=settings.max_concurrency,
             )
             loop = LLM_QUERY_LOOP.format(calls=results.calls, answer=ANSWER)
+            batch = LLM_QUERY_BATCHED.format(batch=results.batch, answer=ANSWER)
             with Sandbox(config, context=make_text(SMALL_CONTEXT_CHARS), handler=router) as sandbox:
                 for run in range(1, results.runs + 1):
                     progress(f"[real-stack llm_query {run}/{results.runs}]")
                     figure.samples.extend(ms(s) for s in json.loads(run_cell(sandbox, loop)))
+                    real_s = json.loads(run_cell(sandbox, batch))
+                    http_s = asyncio.run(raw_posts(server.url, results.batch, settings.max_concurrency))
+                    batched.samples.append(results.batch / real_s)
+                    http.samples.append(results.batch / http_s)
+                    share.samples.append(100 * (1 - http_s / real_s))
+
+
+def bench_pool(results: Results, config: SandboxConfig) -> None:
+    """Session start from the warm pool (1 KB context), and a 40 MB text context injected the same way."""
+    warm = results.figure(
+        "pool_start", "warm-pool session start (claim, 1 KB ctx loaded)", "ms", "start", ("<=", 15)
+    )
+    inject = results.figure(
+        "inject_40mb", "40 MB text context injected into a warm kernel", "ms", "start", ("<=", 1000)
+    )
+    small, big = make_text(SMALL_CONTEXT_CHARS), make_text(INJECT_CONTEXT_CHARS)
+
+    async def claim_timed(pool: SandboxPool, context: str) -> float:
+        await pool.wait_ready(timeout=120)
+        started = time.perf_counter()
+        sandbox = await pool.claim(context)
+        elapsed = time.perf_counter() - started
+        async with sandbox:
+            if pool.cold_starts or (await sandbox.execute("len(context)")).result != str(len(context)):
+                raise RuntimeError("the pool did not hand out a warm sandbox with the context loaded")
+        return elapsed
+
+    async def main() -> None:
+        async with SandboxPool(config, size=1) as pool:
+            for run in range(1, results.runs + 1):
+                progress(f"[warm pool {run}/{results.runs}]")
+                warm.samples.append(ms(await claim_timed(pool, small)))
+                inject.samples.append(ms(await claim_timed(pool, big)))
+
+    asyncio.run(main())
+
+
+def bench_fan_out(results: Results, config: SandboxConfig, scratch: Path) -> None:
+    """llm_query_batched of 100 prompts to a model that takes 100 ms, 32 at a time."""
+    figure = results.figure(
+        "fan_out", "100 prompts x 100 ms model latency, concurrency 32", "ms", "run", ("<=", 500)
+    )
+    code = LLM_QUERY_BATCHED.format(batch=100, answer=ANSWER)
+    router = router_for(InstantLM(delay_s=0.1), scratch, concurrency=32)
+    with Sandbox(config, context=make_text(SMALL_CONTEXT_CHARS), handler=router) as sandbox:
+        for run in range(1, results.runs + 1):
+            progress(f"[fan-out {run}/{results.runs}]")
+            figure.samples.append(ms(json.loads(run_cell(sandbox, code))))
+
+
+def rss_bytes() -> int:
+    return int(_proc_field("/proc/self/status", "VmRSS").split()[0]) * 1024  # type: ignore[union-attr]
+
+
+PEAK_MEMORY = """
+import os
+_v2 = os.path.exists('/sys/fs/cgroup/cgroup.controllers')
+print(open('/sys/fs/cgroup/memory.peak' if _v2 else '/sys/fs/cgroup/memory/memory.max_usage_in_bytes').read())
+"""
+MEMORY_STAT = """
+import os
+_v2 = os.path.exists('/sys/fs/cgroup/cgroup.controllers')
+_path = '/sys/fs/cgroup/memory.stat' if _v2 else '/sys/fs/cgroup/memory/memory.stat'
+_stat = dict(line.split() for line in open(_path))
+print(int(_stat['anon' if _v2 else 'total_rss']))
+"""
+
+
+def bench_memory(results: Results, config: SandboxConfig) -> None:
+    """Host memory per idle session, and the container's memory with a 40 MB text context in a cell."""
+    per_session = results.figure(
+        "host_mem_session", f"host RSS per idle session ({IDLE_SESSIONS} at once)", "MiB", "run", ("<=", 30)
+    )
+    container = results.figure(
+        "container_mem_ratio", "container anon memory with 40 MB ctx: (with - idle) / ctx", "x", "run",
+        ("<=", 1.5),
+    )  # fmt: skip
+    small, big = make_text(SMALL_CONTEXT_CHARS), make_text(INJECT_CONTEXT_CHARS)
+
+    async def idle_sessions() -> float:
+        gc.collect()
+        before = rss_bytes()
+        boxes = [AsyncSandbox(config, small) for _ in range(IDLE_SESSIONS)]
+        async with contextlib.AsyncExitStack() as stack:
+            for box in boxes:
+                await stack.enter_async_context(box)
+            gc.collect()
+            after = rss_bytes()
+        return (after - before) / IDLE_SESSIONS / 2**20
+
+    for run in range(1, results.runs + 1):
+        progress(f"[memory {run}/{results.runs}]")
+        per_session.samples.append(asyncio.run(idle_sessions()))
+        with Sandbox(config, context=small) as idle_box, Sandbox(config, context=big) as big_box:
+            idle = int(run_cell(idle_box, "x = 1\n" + MEMORY_STAT))
+            loaded = int(run_cell(big_box, "x = 1\n" + MEMORY_STAT))
+        container.samples.append((loaded - idle) / len(big))
+
+
+async def raw_posts(api_base: str, count: int, concurrency: int) -> float:
+    """Seconds for ``count`` chat-completion POSTs from a bare httpx client, ``concurrency`` at a time."""
+    import httpx
+
+    body = {"model": SUB_MODEL.removeprefix("openai/"), "messages": [{"role": "user", "content": "hi"}]}
+    limit = asyncio.Semaphore(concurrency)
+
+    async def post(client: httpx.AsyncClient) -> None:
+        async with limit:
+            response = await client.post(f"{api_base}/chat/completions", json=body)
+            response.raise_for_status()
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(post(client) for _ in range(count)))
+        return time.perf_counter() - started
+
+
+def bench_large(results: Results, config: SandboxConfig) -> None:
+    """A 400 MB text context in a 2 GB sandbox, and lists of documents at two sizes (linear or not)."""
+    runs = min(results.runs, LARGE_RUNS)
+    inject = results.figure("inject_400mb", "400 MB text injected into a warm 2 GB sandbox", "ms", "start")
+    peak = results.figure("peak_400mb", "  container memory peak / context size", "x", "start")
+    small_list = results.figure("list_100k", "start with a list of 100k documents (13 MB)", "ms", "start")
+    big_list = results.figure("list_1m", "start with a list of 1M documents (134 MB)", "ms", "start")
+    big = make_text(LARGE_CONTEXT_CHARS)
+    documents = [f"document {i}: " + "words " * 20 for i in range(1_000_000)]
+    large = config.model_copy(update={"memory": 2 * 2**30, "start_timeout_s": 120})
+
+    async def main() -> None:
+        async with SandboxPool(large, size=1) as pool:
+            for run in range(1, runs + 1):
+                progress(f"[large contexts {run}/{runs}]")
+                await pool.wait_ready(timeout=120)
+                started = time.perf_counter()
+                sandbox = await pool.claim(big)
+                inject.samples.append(ms(time.perf_counter() - started))
+                async with sandbox:
+                    usage = await sandbox.execute(PEAK_MEMORY)
+                    peak.samples.append(int(usage.stdout) / len(big))
+                for figure, count in ((small_list, 100_000), (big_list, 1_000_000)):
+                    started = time.perf_counter()
+                    async with AsyncSandbox(large, documents[:count]) as sandbox:
+                        figure.samples.append(ms(time.perf_counter() - started))
+
+    asyncio.run(main())
 
 
 # -- output ----------------------------------------------------------------------------------------------
@@ -346,11 +541,12 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def render_table(results: Results) -> str:
-    header = ("figure", "median", "min", "max", "unit", "n")
+    header = ("figure", "median", "min", "max", "unit", "n", "target", "")
     rows = [header]
     for fig in results.figures.values():
         s = fig.summary()
         unit = fig.unit if fig.per in ("run", "start") or fig.unit == "x" else f"{fig.unit}/{fig.per}"
+        target = f"{fig.target[0]} {_fmt(fig.target[1], fig.unit)}" if fig.target else ""
         rows.append(
             (
                 fig.label,
@@ -359,10 +555,12 @@ def render_table(results: Results) -> str:
                 _fmt(s["max"], fig.unit),
                 unit,
                 f"{s['n']} {fig.per}s" if s["n"] != 1 else f"1 {fig.per}",
+                target,
+                fig.verdict(),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {1, 2, 3}
+    right = {1, 2, 3, 6}
     lines = []
     for index, row in enumerate(rows):
         cells = [
@@ -453,7 +651,11 @@ def main(argv: list[str] | None = None) -> int:
         machine = machine_info(client)
         progress(f"rlmbox core benchmark: {args.runs} runs, results to {json_path}")
         bench_cold_start(results, config, client)
-        bench_warm(results, config)
+        bench_pool(results, config)
+        bench_warm(results, config, scratch)
+        bench_fan_out(results, config, scratch)
+        bench_memory(results, config)
+        bench_large(results, config)
         bench_real_stack(results, config, scratch)
     except KeyboardInterrupt:
         progress("interrupted: cleaning up")

@@ -254,3 +254,11 @@ print('done')
         after = sandbox.execute("1 + 1")
     assert "done" in cell.stdout and "forged" not in cell.stdout
     assert after.result == "2"
+
+
+def test_empty_and_non_ascii_text_contexts_load_exactly(config):
+    with Sandbox(config, context="") as empty:
+        assert empty.execute("context == ''").result == "True"
+    text = "naïve café, 東京, emoji 🙂\n" * 1000
+    with Sandbox(config, context=text) as sandbox:
+        assert sandbox.execute("len(context), context[:26]").result == repr((len(text), text[:26]))

@@ -20,7 +20,7 @@ from rlmbox._exceptions import (
 )
 from rlmbox.config import VERSION, Limits, LLMSettings, SandboxConfig, Settings
 from rlmbox.rlm import RLM, RunResult
-from rlmbox.sandbox import AsyncSandbox, CellError, CellResult, FakeSandbox, Sandbox
+from rlmbox.sandbox import AsyncSandbox, CellError, CellResult, FakeSandbox, Sandbox, SandboxPool
 
 __version__ = VERSION
 
@@ -49,6 +49,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SandboxError",
+    "SandboxPool",
     "SandboxStartError",
     "SandboxStartTimeout",
     "Settings",

@@ -34,6 +34,7 @@ from rlmbox.prompts import (
 )
 from rlmbox.sandbox.base import ContextInput, SandboxBackend
 from rlmbox.sandbox.facade import create_backend
+from rlmbox.sandbox.pool import SandboxPool
 from rlmbox.subcalls import SubCallRouter
 from rlmbox.trajectory import TrajectoryWriter, text_digest
 
@@ -72,18 +73,21 @@ class _Outcome(BaseModel):
 class RLM:
     """A Recursive Language Model runtime.
 
-    ``settings`` says which models, sandbox and limits to use. ``sandbox`` replaces the sandbox the settings
-    describe (e.g. a FakeSandbox in tests); ``lm`` replaces the litellm client.
+    ``settings`` says which models, sandbox and limits to use. ``pool`` hands out a warm sandbox per run
+    (its config wins over the settings'); ``sandbox`` replaces the sandbox altogether (e.g. a FakeSandbox in
+    tests); ``lm`` replaces the litellm client.
     """
 
     def __init__(
         self,
         settings: Settings | None = None,
         *,
+        pool: SandboxPool | None = None,
         sandbox: SandboxBackend | None = None,
         lm: LMClient | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        self._pool = pool
         self._sandbox = sandbox
         self._lm = lm
 
@@ -146,10 +150,6 @@ class RLM:
             allowed_models={m for m in (llm.model, sub_model) if m},
             max_concurrency=llm.max_concurrency,
         )
-        sandbox = self._sandbox or create_backend(self.settings.sandbox, context, router)
-        if self._sandbox is not None:
-            sandbox.context, sandbox.handler = context, router
-        turns = _Turns(self.settings, lm, ledger, writer, router, sandbox)
         messages = [
             {
                 "role": "system",
@@ -163,6 +163,9 @@ class RLM:
             {"role": "user", "content": first_user_message(query)},
         ]
         writer.write("system_prompt", text=messages[0]["content"])
+        # Nothing may fail or wait between getting the sandbox and entering it (a warm one is running).
+        sandbox = await self._sandbox_for(context, router)
+        turns = _Turns(self.settings, lm, ledger, writer, router, sandbox)
         deadline: asyncio.Timeout | None = None
         try:
             # The wall clock bounds the turns, not the sandbox's clean-up.
@@ -186,6 +189,14 @@ class RLM:
             )
         except RLMBoxError as exc:
             return _failure(exc)
+
+    async def _sandbox_for(self, context: ContextInput, router: SubCallRouter) -> SandboxBackend:
+        if self._sandbox is not None:
+            self._sandbox.context, self._sandbox.handler = context, router
+            return self._sandbox
+        if self._pool is not None:
+            return await self._pool.claim(context, router)
+        return create_backend(self.settings.sandbox, context, router)
 
 
 class _Turns:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,14 +42,21 @@ _HIDDEN = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
 
 def load_context(session_dir: Path) -> Any:
-    """Read the context the host wrote: JSON when it sent JSON, else text."""
-    json_path = session_dir / CONTEXT_JSON
-    if json_path.exists():
-        with json_path.open("rb") as handle:
-            return json.load(handle)
-    text_path = session_dir / CONTEXT_TEXT
-    if text_path.exists():
-        return text_path.read_text(encoding="utf-8")
+    """Read the context the host wrote: JSON when it sent JSON, else text.
+
+    The file is decoded straight from a memory map, so loading holds the decoded text and not also a copy
+    of its bytes: a 400 MB context needs 400 MB of the sandbox's memory, not 800.
+    """
+    for name, parse in ((CONTEXT_JSON, json.loads), (CONTEXT_TEXT, None)):
+        path = session_dir / name
+        if not path.exists():
+            continue
+        text = ""
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size:  # an empty file cannot be mapped
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    text = str(mapped, "utf-8")
+        return parse(text) if parse else text
     return None
 
 
@@ -172,3 +181,10 @@ def install(session_dir: str) -> None:
     _output_cap.install(shell, session["max_cell_output_bytes"])
     shell.user_ns.update(build_namespace(session, directory, shell.user_ns))
     shell.user_ns["context"] = load_context(directory)
+
+
+def reload_context(session_dir: str) -> None:
+    """Load ``context`` again from the session directory (a warm sandbox receiving its session's context)."""
+    from IPython import get_ipython
+
+    get_ipython().user_ns["context"] = load_context(Path(session_dir))

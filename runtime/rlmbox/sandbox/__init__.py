@@ -5,6 +5,7 @@ from rlmbox.sandbox.docker import DockerSandbox
 from rlmbox.sandbox.facade import BACKENDS, AsyncSandbox, Sandbox, create_backend
 from rlmbox.sandbox.fake import FakeSandbox
 from rlmbox.sandbox.local import LocalSandbox
+from rlmbox.sandbox.pool import SandboxPool
 
 __all__ = [
     "BACKENDS",
@@ -17,6 +18,7 @@ __all__ = [
     "LocalSandbox",
     "Sandbox",
     "SandboxBackend",
+    "SandboxPool",
     "SandboxState",
     "create_backend",
 ]

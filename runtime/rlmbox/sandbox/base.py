@@ -115,7 +115,8 @@ class SandboxBackend(abc.ABC):
         self.state = SandboxState.NEW
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        if self.state is SandboxState.NEW:  # one handed out already running (by a pool) is used as it is
+            await self.start()
         return self
 
     async def __aexit__(
@@ -142,6 +143,10 @@ class SandboxBackend(abc.ABC):
         if self.state is not SandboxState.RUNNING:
             raise RuntimeError(f"cannot execute in a sandbox that is {self.state.value}")
         return await self._execute(code, timeout or self.config.cell_timeout_s)
+
+    async def adopt(self, context: ContextInput, handler: BridgeHandler | None) -> None:
+        """Give a running sandbox that holds no session yet (a warm one) its context and bridge handler."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be pre-started")
 
     async def restart(self) -> None:
         """Replace the kernel with a fresh one holding the same context (all other state is lost)."""

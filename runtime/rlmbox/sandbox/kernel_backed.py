@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import inspect
 import secrets
 import time
 from collections.abc import Awaitable
@@ -19,11 +20,18 @@ from typing import TypeVar
 import structlog
 
 from rlmbox._exceptions import KernelDiedError, SandboxStartError, SandboxStartTimeout
-from rlmbox.bridge import BridgeServer
+from rlmbox.bridge import BridgeHandler, BridgeServer
 from rlmbox.config import SandboxConfig
 from rlmbox.kernel import KernelConnection, RawCell
 from rlmbox.protocol import PROTOCOL_VERSION
-from rlmbox.sandbox.base import CellError, CellResult, KernelExit, SandboxBackend, SandboxState
+from rlmbox.sandbox.base import (
+    CellError,
+    CellResult,
+    ContextInput,
+    KernelExit,
+    SandboxBackend,
+    SandboxState,
+)
 from rlmbox.sandbox.session_dir import SessionDir
 
 __all__ = ["KernelBackedSandbox", "thread_limits"]
@@ -148,6 +156,17 @@ class KernelBackedSandbox(SandboxBackend):
         if not exited.done():
             exited.set_result(KernelExit(None, broken=reason))
 
+    async def adopt(self, context: ContextInput, handler: BridgeHandler | None) -> None:
+        if self.state is not SandboxState.RUNNING or self._session is None or self._bridge is None:
+            raise RuntimeError(f"cannot adopt a session into a sandbox that is {self.state.value}")
+        self.context, self.handler = context, handler
+        self._bridge.handler = handler
+        await asyncio.to_thread(self._session.write_context, context)
+        ro_dir, _ = self.kernel_paths(self._session)
+        cell = await self.execute(f"__import__('rlmbox_kernel').reload_context({ro_dir!r})")
+        if not cell.ok:
+            raise SandboxStartError(f"loading the context into a warm kernel failed: {cell.error}")
+
     async def _until_ready(self, timeout: float) -> None:
         assert self._bridge is not None
         try:
@@ -207,6 +226,8 @@ class KernelBackedSandbox(SandboxBackend):
         """Await ``work`` unless the kernel dies first; then raise KernelDiedError."""
         assert self._exited is not None
         if self._exited.done():
+            if inspect.iscoroutine(work):
+                work.close()  # never started: say so, rather than leave it un-awaited
             raise self._death(self._exited.result())
         task = asyncio.ensure_future(work)
         try:

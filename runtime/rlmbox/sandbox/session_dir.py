@@ -102,7 +102,10 @@ class SessionDir:
         return target
 
     def write_context(self, context: ContextInput) -> None:
-        """Store the context once; the kernel loads it as ``context`` (JSON when it is a list or dict)."""
+        """Store the context, replacing any earlier one; the kernel loads it as ``context`` (JSON when it is a
+        list or dict)."""
+        for name in (CONTEXT_TEXT, CONTEXT_JSON):
+            (self.ro / name).unlink(missing_ok=True)
         if context is None:
             return
         if isinstance(context, str):
