@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -435,6 +435,28 @@ import os
 _v2 = os.path.exists('/sys/fs/cgroup/cgroup.controllers')
 print(open('/sys/fs/cgroup/memory.peak' if _v2 else '/sys/fs/cgroup/memory/memory.max_usage_in_bytes').read())
 """
+IDLE_SESSIONS_PROBE = """
+import asyncio, contextlib, gc
+from pathlib import Path
+from rlmbox import AsyncSandbox, SandboxConfig
+
+def rss():
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) * 1024
+
+async def main():
+    config = SandboxConfig(runtime_dir=Path({runtime_dir!r}))
+    async with AsyncSandbox(config, 'warm-up'):  # first-use costs: imports, Docker client, thread pool
+        pass
+    gc.collect()
+    before = rss()
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range({sessions}):
+            await stack.enter_async_context(AsyncSandbox(config, 'x' * 1000))
+        gc.collect()
+        print((rss() - before) / {sessions} / 2**20)
+
+asyncio.run(main())
+"""
 MEMORY_STAT = """
 import os
 _v2 = os.path.exists('/sys/fs/cgroup/cgroup.controllers')
@@ -455,20 +477,12 @@ def bench_memory(results: Results, config: SandboxConfig) -> None:
     )  # fmt: skip
     small, big = make_text(SMALL_CONTEXT_CHARS), make_text(INJECT_CONTEXT_CHARS)
 
-    async def idle_sessions() -> float:
-        gc.collect()
-        before = rss_bytes()
-        boxes = [AsyncSandbox(config, small) for _ in range(IDLE_SESSIONS)]
-        async with contextlib.AsyncExitStack() as stack:
-            for box in boxes:
-                await stack.enter_async_context(box)
-            gc.collect()
-            after = rss_bytes()
-        return (after - before) / IDLE_SESSIONS / 2**20
-
+    probe = IDLE_SESSIONS_PROBE.format(sessions=IDLE_SESSIONS, runtime_dir=str(config.runtime_dir))
     for run in range(1, results.runs + 1):
         progress(f"[memory {run}/{results.runs}]")
-        per_session.samples.append(asyncio.run(idle_sessions()))
+        # A fresh process, so that memory freed by earlier figures cannot hide what the sessions take.
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        per_session.samples.append(float(done.stdout.strip().splitlines()[-1]))
         with Sandbox(config, context=small) as idle_box, Sandbox(config, context=big) as big_box:
             idle = int(run_cell(idle_box, "x = 1\n" + MEMORY_STAT))
             loaded = int(run_cell(big_box, "x = 1\n" + MEMORY_STAT))
