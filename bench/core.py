@@ -388,9 +388,11 @@ def bench_pool(results: Results, config: SandboxConfig) -> None:
     warm = results.figure(
         "pool_start", "warm-pool session start (claim, 1 KB ctx loaded)", "ms", "start", ("<=", 15)
     )
+    ratio = results.figure("pool_ratio", "  warm-pool start / cold start (same run)", "x", "run")
     inject = results.figure(
         "inject_40mb", "40 MB text context injected into a warm kernel", "ms", "start", ("<=", 1000)
     )
+    cold = results.figures["cold_start"].samples
     small, big = make_text(SMALL_CONTEXT_CHARS), make_text(INJECT_CONTEXT_CHARS)
 
     async def claim_timed(pool: SandboxPool, context: str) -> float:
@@ -408,6 +410,7 @@ def bench_pool(results: Results, config: SandboxConfig) -> None:
             for run in range(1, results.runs + 1):
                 progress(f"[warm pool {run}/{results.runs}]")
                 warm.samples.append(ms(await claim_timed(pool, small)))
+                ratio.samples.append(warm.samples[-1] / cold[run - 1])
                 inject.samples.append(ms(await claim_timed(pool, big)))
 
     asyncio.run(main())
