@@ -504,7 +504,8 @@ async def raw_posts(api_base: str, count: int, concurrency: int) -> float:
             response = await client.post(f"{api_base}/chat/completions", json=body)
             response.raise_for_status()
 
-    async with httpx.AsyncClient(timeout=30) as client:
+    # The server closes each connection after its reply: a new one per request, as litellm ends up doing.
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         started = time.perf_counter()
         await asyncio.gather(*(post(client) for _ in range(count)))
         return time.perf_counter() - started
