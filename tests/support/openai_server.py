@@ -159,6 +159,7 @@ class Script:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default listen backlog (5) resets connections under a concurrent fan-out
 
     def __init__(self, handler: Handler) -> None:
         super().__init__(("127.0.0.1", 0), _RequestHandler)
