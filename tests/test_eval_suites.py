@@ -1,0 +1,73 @@
+"""The built-in suites: deterministic, the asked size, and gold answers that the context itself supports."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from rlmbox.demo.haystack import make_haystack
+from rlmbox.evals import score
+from rlmbox.evals.suites import CHARS_PER_TOKEN, SUITES
+from rlmbox.evals.suites.oolong import LABELS, classify, generate_records, parse_records
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_same_seed_same_tasks_other_seed_other_tasks(suite):
+    make = SUITES[suite]
+    assert make([2000], 3, 7) == make([2000], 3, 7)
+    assert [t.context for t in make([2000], 3, 7)] != [t.context for t in make([2000], 3, 8)]
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+@pytest.mark.parametrize("length", [2_000, 32_000])
+def test_contexts_have_about_the_asked_length(suite, length):
+    for task in SUITES[suite]([length], 2, 1):
+        assert task.length == length
+        assert 0.95 <= len(task.context) / (length * CHARS_PER_TOKEN) <= 1.05
+
+
+def test_sniah_gold_is_the_needle_the_generator_hid():
+    for task in SUITES["sniah"]([8_000], 5, 3):
+        index = int(task.id.rsplit("-", 1)[1])
+        haystack = make_haystack(8_000 * CHARS_PER_TOKEN, seed=3 * 1_000_003 + 8_000 * 101 + index)
+        assert task.answer == haystack.answer and task.scorer == "exact"
+        assert score("exact", haystack.answer, task.answer) == 1.0
+
+
+def test_the_classifier_recovers_every_label_the_generator_wrote():
+    context, written = generate_records(200_000, random.Random(5))
+    assert len(written) > 2000 and {r.label for r in written} == set(LABELS)
+    assert [classify(r.instance) for r in written] == [r.label for r in written]
+    parsed = parse_records(context)
+    assert [(r.day, r.user, r.label) for r in parsed] == [(r.day, r.user, r.label) for r in written]
+
+
+def test_oolong_asks_every_kind_with_a_single_answer():
+    tasks = SUITES["oolong"]([4_000], 10, 2)
+    openings = Counter(t.query.split(" ")[0] for t in tasks)
+    assert {"Which", "How", "Is", "For"} <= set(openings)
+    for task in tasks:
+        assert task.answer is not None and task.scorer == "oolong"
+        if isinstance(task.answer, int):
+            assert score("oolong", f"Answer: {task.answer}", task.answer) == 1.0
+
+
+def test_oolong_counts_match_the_generators_own_record():
+    task = next(t for t in SUITES["oolong"]([4_000], 10, 2) if t.query.startswith("How many instances have"))
+    label = task.query.split("'")[1]
+    index = int(task.id.rsplit("-", 1)[1])
+    _, written = generate_records(4_000 * CHARS_PER_TOKEN, random.Random(2 * 1_000_003 + 4_000 * 101 + index))
+    assert task.answer == sum(1 for r in written if r.label == label)
+
+
+def test_oolong_pairs_gold_is_canonical_and_scores_itself_perfectly():
+    tasks = SUITES["oolong-pairs"]([8_000], 4, 9)
+    assert any(t.answer for t in tasks)
+    assert any("dated on or after" in t.query for t in tasks)
+    assert any("the other has" in t.query for t in tasks)
+    for task in tasks:
+        assert all(a < b for a, b in task.answer) and task.answer == sorted(task.answer)
+        perfect = ", ".join(f"({a}, {b})" for a, b in task.answer) or "none"
+        assert score("pairs_f1", perfect, task.answer) == 1.0
