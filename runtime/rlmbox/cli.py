@@ -1,4 +1,4 @@
-"""The ``rlmbox`` command: run, exec, demo, doctor.
+"""The ``rlmbox`` command: run, exec, demo, eval, doctor.
 
 Flags become a ``Settings`` (flags > ``RLMBOX_*`` environment > defaults); expected errors become one line
 on stderr and a non-zero exit code, decided in one place (``main``). ``--debug`` adds tracebacks.
@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=2_000_000, metavar="CHARS", help="document size in characters"
     )
     demo.add_argument("--seed", type=int, default=7)
+
+    evaluate = commands.add_parser(
+        "eval", parents=[models, sandbox], help="score rlm against a direct call on a suite of tasks"
+    )
+    from rlmbox.evals.command import add_eval_arguments
+
+    add_eval_arguments(evaluate)
 
     doctor = commands.add_parser(
         "doctor", parents=[sandbox], help="check that this machine can run sandboxes"
@@ -223,7 +230,13 @@ async def _doctor(args: argparse.Namespace) -> int:
     return 0 if all(check.ok for check in checks) else 1
 
 
-COMMANDS = {"run": _run, "exec": _exec, "demo": _demo, "doctor": _doctor}
+async def _eval(args: argparse.Namespace) -> int:
+    from rlmbox.evals.command import eval_command
+
+    return await eval_command(args, settings_from_args(args))
+
+
+COMMANDS = {"run": _run, "exec": _exec, "demo": _demo, "eval": _eval, "doctor": _doctor}
 
 
 def _read_code(source: str) -> str:

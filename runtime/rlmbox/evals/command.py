@@ -1,0 +1,137 @@
+"""``rlmbox eval``: build or read the tasks, run them by each method, write and print the summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rlmbox._exceptions import ConfigError
+from rlmbox.config import Settings
+from rlmbox.evals.recording import CompletionClient, RecordingLMClient
+from rlmbox.evals.runner import METHODS, EvalResult, Method, run_eval, summarize, summary_markdown
+from rlmbox.evals.suites import SUITES
+from rlmbox.evals.tasks import Task, read_tasks, write_tasks
+from rlmbox.llm import LMClient
+
+__all__ = ["add_eval_arguments", "eval_command"]
+
+
+def _lengths(text: str) -> list[int]:
+    units = {"k": 1_000, "m": 1_000_000}
+    lengths = []
+    for raw in text.split(","):
+        part = raw.strip().lower()
+        scale = units.get(part[-1:], 1)
+        number = part[:-1] if scale != 1 else part
+        try:
+            lengths.append(int(float(number) * scale))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not a length in tokens: {part!r} (e.g. 8k,32k,1m)") from exc
+    return lengths
+
+
+def _methods(text: str) -> list[Method]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"methods are {', '.join(METHODS)}; got {text!r}")
+    return methods  # type: ignore[return-value]
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--suite", required=True, metavar="NAME|FILE", help=f"{', '.join(SUITES)}, or a .jsonl file"
+    )
+    parser.add_argument("--lengths", type=_lengths, default=[8_000, 32_000], help="tokens, e.g. 8k,32k,1m")
+    parser.add_argument("--n", type=int, default=5, help="tasks per length (built-in suites)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", type=_methods, default=list(METHODS), help="rlm,base (default both)")
+    parser.add_argument("--concurrency", type=int, default=2, metavar="K", help="tasks run at once")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="results.jsonl, summary.md, trajectories")
+    parser.add_argument("--resume", action="store_true", help="skip the tasks already in DIR/results.jsonl")
+    parser.add_argument("--cache", type=Path, metavar="DIR", help="record every model call in DIR")
+    parser.add_argument("--replay", action="store_true", help="answer only from --cache; fail on a miss")
+    parser.add_argument("--min-score", type=float, metavar="X", help="exit 1 when a method scores below X")
+    parser.add_argument("--dump", type=Path, metavar="FILE", help="write the suite's tasks as JSONL and stop")
+
+
+def _load_tasks(args: argparse.Namespace) -> tuple[list[Task], Path]:
+    if args.suite in SUITES:
+        return SUITES[args.suite](args.lengths, args.n, args.seed), Path.cwd()
+    path = Path(args.suite)
+    if not path.is_file():
+        raise ConfigError(f"--suite {args.suite}: neither a built-in suite ({', '.join(SUITES)}) nor a file")
+    tasks, problems = read_tasks(path)
+    for problem in problems:
+        print(f"rlmbox eval: {path}: {problem} (skipped)", file=sys.stderr)
+    if not tasks:
+        raise ConfigError(f"{path} holds no usable task")
+    return tasks, path.parent
+
+
+def _client(args: argparse.Namespace, settings: Settings) -> CompletionClient:
+    if args.replay and args.cache is None:
+        raise ConfigError("--replay needs --cache DIR (the recorded calls)")
+    inner = None if args.replay else LMClient(settings.llm)
+    if args.cache is None:
+        assert inner is not None
+        return inner
+    params = {"completion_kwargs": settings.llm.completion_kwargs}
+    return RecordingLMClient(inner, args.cache, params=params, replay=args.replay)
+
+
+async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
+    tasks, task_dir = _load_tasks(args)
+    if args.dump is not None:
+        count = write_tasks(tasks, args.dump)
+        print(f"rlmbox eval: {count} tasks written to {args.dump}", file=sys.stderr)
+        return 0
+    if args.out is None:
+        raise ConfigError("--out DIR is required (where the results go)")
+    total = len(tasks) * len(args.method)
+    finished: list[EvalResult] = []
+
+    def progress(result: EvalResult) -> None:
+        finished.append(result)
+        means = {
+            m: sum(r.score for r in finished if r.method == m) / max(1, sum(r.method == m for r in finished))
+            for m in args.method
+        }
+        running = ", ".join(f"{m} {score:.3f}" for m, score in means.items())
+        spend = sum(r.cost_usd for r in finished)
+        print(
+            f"[{len(finished)}/{total}] {result.id} {result.method}: {result.score:.2f} ({result.status}); "
+            f"mean score {running}; spend ${spend:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    results = await run_eval(
+        tasks,
+        task_dir=task_dir,
+        methods=args.method,
+        settings=settings,
+        out=args.out,
+        concurrency=args.concurrency,
+        lm=_client(args, settings),
+        resume=args.resume,
+        on_result=progress,
+    )
+    rows = summarize(results)
+    table = summary_markdown(rows)
+    (args.out / "summary.md").write_text(table + "\n", encoding="utf-8")
+    (args.out / "summary.json").write_text(json.dumps([r.model_dump() for r in rows], indent=1) + "\n")
+    print(json.dumps([r.model_dump() for r in rows]) if args.json else table)
+    if args.min_score is not None:
+        for method in args.method:
+            scores = [r.score for r in results if r.method == method]
+            mean = sum(scores) / len(scores) if scores else 0.0
+            if mean < args.min_score:
+                print(
+                    f"rlmbox eval: {method} scored {mean:.3f}, below --min-score {args.min_score}",
+                    file=sys.stderr,
+                )
+                return 1
+    return 0

@@ -1,0 +1,73 @@
+"""Record and replay model calls, so that an evaluation can run again offline, bit for bit.
+
+Each answer is stored as one JSON file named by the SHA-256 of (model, messages, parameters); the API key
+and base URL are not part of the key (they do not change the answer) and never stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from rlmbox._exceptions import LLMError
+from rlmbox.llm import Completion
+
+__all__ = ["CompletionClient", "RecordingLMClient", "ReplayMiss"]
+
+
+class CompletionClient(Protocol):
+    async def complete(
+        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+    ) -> Completion: ...
+
+
+class ReplayMiss(LLMError):
+    """``--replay`` was asked for, and no recorded answer matches this call."""
+
+
+class RecordingLMClient:
+    """Answers from ``directory`` when it can; otherwise asks ``inner`` and stores the answer there.
+    With ``replay``, never asks: a call with no recorded answer raises ReplayMiss."""
+
+    def __init__(
+        self, inner: CompletionClient | None, directory: Path, *, params: dict[str, Any], replay: bool
+    ) -> None:
+        if inner is None and not replay:
+            raise ValueError("recording needs a client to record from")
+        self._inner = inner
+        self._directory = directory
+        self._params = params
+        self._replay = replay
+        self.hits = self.misses = 0
+
+    def key(self, model: str, messages: list[dict[str, str]]) -> str:
+        material = json.dumps({"model": model, "messages": messages, "params": self._params}, sort_keys=True)
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    async def complete(
+        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+    ) -> Completion:
+        key = self.key(model, messages)
+        path = self._directory / key[:2] / f"{key}.json"
+        if path.exists():
+            self.hits += 1
+            return Completion(**json.loads(path.read_text(encoding="utf-8")))
+        if self._replay or self._inner is None:
+            raise ReplayMiss(f"no recorded answer for this call to {model} (key {key[:16]}); record it first")
+        self.misses += 1
+        completion = await self._inner.complete(model, messages, timeout_s=timeout_s)
+        _write_atomically(path, json.dumps(dataclasses.asdict(completion), ensure_ascii=False))
+        return completion
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)

@@ -1,0 +1,215 @@
+"""Running an evaluation: every task by every method, K at a time, each result appended as it finishes.
+
+Methods: ``rlm`` (this runtime) and ``base`` (one direct call with the context in the prompt, cut to the
+model's window with a visible marker when too long, as the paper's baseline). ``DIR/results.jsonl`` gains
+one line per task and method; with ``resume`` the pairs already there are skipped, so a crash or Ctrl-C
+loses nothing but the runs in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from rlmbox._exceptions import ConfigError, RLMBoxError
+from rlmbox.config import Settings
+from rlmbox.evals.recording import CompletionClient
+from rlmbox.evals.scorers import score
+from rlmbox.evals.tasks import Task
+from rlmbox.llm import LMClient, context_window_chars
+from rlmbox.rlm import RLM
+
+__all__ = ["METHODS", "EvalResult", "SummaryRow", "read_results", "run_eval", "summarize", "summary_markdown"]
+
+Method = Literal["rlm", "base"]
+METHODS: tuple[Method, ...] = ("rlm", "base")
+RESULTS_FILE = "results.jsonl"
+TRUNCATION_MARKER = "\n[... context truncated: the first {shown:,} of {total:,} characters are shown ...]"
+
+
+class EvalResult(BaseModel):
+    """One task answered by one method. Fields of the task the format does not define are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    method: str
+    suite: str | None = None
+    length: int | None = None
+    answer: str | None
+    gold: Any
+    score: float
+    status: str
+    iterations: int = 0
+    sub_calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    elapsed_s: float
+    trajectory: str | None = None
+    error: str | None = None
+
+
+def read_results(path: Path) -> list[EvalResult]:
+    """The results recorded so far (a line cut short by a crash is ignored)."""
+    if not path.exists():
+        return []
+    results = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            results.append(EvalResult.model_validate_json(line))
+        except ValueError:
+            continue
+    return results
+
+
+async def run_eval(
+    tasks: Sequence[Task],
+    *,
+    task_dir: Path,
+    methods: Sequence[Method],
+    settings: Settings,
+    out: Path,
+    concurrency: int = 2,
+    lm: CompletionClient | None = None,
+    resume: bool = False,
+    on_result: Callable[[EvalResult], None] | None = None,
+) -> list[EvalResult]:
+    """Run every (task, method) not yet in ``out/results.jsonl``; returns every result there."""
+    if not settings.llm.model:
+        raise ConfigError("no root model: pass --model or set RLMBOX_MODEL")
+    results_path = out / RESULTS_FILE
+    done = await asyncio.to_thread(_prepare, results_path, resume)
+    client: CompletionClient = lm or LMClient(settings.llm)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(task: Task, method: Method) -> None:
+        async with limit:
+            result = await _answer(task, method, task_dir, settings, client, out)
+        with results_path.open("a", encoding="utf-8") as handle:
+            handle.write(result.model_dump_json() + "\n")
+        if on_result is not None:
+            on_result(result)
+
+    async with asyncio.TaskGroup() as group:
+        for task in tasks:
+            for method in methods:
+                if (task.id, method) not in done:
+                    group.create_task(one(task, method))
+    return read_results(results_path)
+
+
+def _prepare(results_path: Path, resume: bool) -> set[tuple[str, str]]:
+    """Make the output folder; the (task, method) pairs already done. Refuses to overwrite results."""
+    if results_path.exists() and not resume:
+        raise ConfigError(f"{results_path} exists: pass --resume to continue it, or choose another --out")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    return {(r.id, r.method) for r in read_results(results_path)}
+
+
+async def _answer(
+    task: Task, method: Method, task_dir: Path, settings: Settings, lm: CompletionClient, out: Path
+) -> EvalResult:
+    started = time.perf_counter()
+    common = {"id": task.id, "method": method, "gold": task.answer, **task.extra}
+    try:
+        context = task.load_context(task_dir)
+        if method == "rlm":
+            trajectory = out / "trajectories" / f"{task.id}.{method}.jsonl"
+            run = await RLM(settings, lm=lm).arun(context, task.query, trajectory=trajectory)  # type: ignore[arg-type]
+            tokens = sum(u.prompt_tokens + u.completion_tokens for u in run.usage.values())
+            return EvalResult(
+                **common,
+                answer=run.answer,
+                score=score(task.scorer, run.answer, task.answer),
+                status=run.status,
+                iterations=run.iterations,
+                sub_calls=run.sub_calls,
+                tokens=tokens,
+                cost_usd=run.cost_usd,
+                elapsed_s=round(time.perf_counter() - started, 3),
+                trajectory=run.trajectory,
+                error=run.error,
+            )
+        model = settings.llm.model
+        assert model is not None
+        completion = await lm.complete(model, base_messages(context, task.query, model))
+        return EvalResult(
+            **common,
+            answer=completion.text,
+            score=score(task.scorer, completion.text, task.answer),
+            status="completed",
+            iterations=1,
+            tokens=completion.prompt_tokens + completion.completion_tokens,
+            cost_usd=completion.cost_usd or 0.0,
+            elapsed_s=round(time.perf_counter() - started, 3),
+        )
+    except (RLMBoxError, OSError, ValueError) as exc:
+        return EvalResult(
+            **common,
+            answer=None,
+            score=0.0,
+            status="error",
+            elapsed_s=round(time.perf_counter() - started, 3),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+
+def base_messages(context: Any, query: str, model: str) -> list[dict[str, str]]:
+    """The baseline's single prompt: the context, cut to the model's window with a marker, then the query."""
+    text = context if isinstance(context, str) else json.dumps(context, ensure_ascii=False)
+    room = max(0, context_window_chars(model) - len(query) - 200)
+    if len(text) > room:
+        text = text[:room] + TRUNCATION_MARKER.format(shown=room, total=len(text))
+    return [{"role": "user", "content": f"{text}\n\nQuery: {query}"}]
+
+
+class SummaryRow(BaseModel):
+    method: str
+    length: int | None
+    tasks: int
+    score: float
+    errors: int
+    mean_elapsed_s: float
+    mean_sub_calls: float
+    cost_usd: float
+
+
+def summarize(results: Sequence[EvalResult]) -> list[SummaryRow]:
+    """One row per method and context length: mean score, errors, time, sub-calls and spend."""
+    groups: dict[tuple[str, int | None], list[EvalResult]] = {}
+    for result in results:
+        groups.setdefault((result.method, result.length), []).append(result)
+    return [
+        SummaryRow(
+            method=method,
+            length=length,
+            tasks=len(group),
+            score=round(statistics.fmean(r.score for r in group), 4),
+            errors=sum(r.status == "error" for r in group),
+            mean_elapsed_s=round(statistics.fmean(r.elapsed_s for r in group), 3),
+            mean_sub_calls=round(statistics.fmean(r.sub_calls for r in group), 2),
+            cost_usd=round(sum(r.cost_usd for r in group), 6),
+        )
+        for (method, length), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0))
+    ]
+
+
+def summary_markdown(rows: Sequence[SummaryRow]) -> str:
+    lines = [
+        "| method | length (tokens) | tasks | score | errors | time/task (s) | sub-calls/task | cost (USD) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        length = f"{row.length:,}" if row.length is not None else "-"
+        lines.append(
+            f"| {row.method} | {length} | {row.tasks} | {row.score:.3f} | {row.errors} | "
+            f"{row.mean_elapsed_s:.2f} | {row.mean_sub_calls:.1f} | {row.cost_usd:.4f} |"
+        )
+    return "\n".join(lines)

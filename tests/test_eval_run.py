@@ -1,0 +1,105 @@
+"""``rlmbox eval`` end to end: a built-in suite by both methods through real containers and litellm to a
+scripted server that solves the needle by rule; results, summary, resume, record/replay, --min-score."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.containers import rlmbox_containers
+from support.openai_server import Reply, ScriptedOpenAIServer
+from support.scripted_run import ROOT, cli_env
+
+pytestmark = pytest.mark.docker
+
+
+def needle_solver(request: dict) -> Reply:
+    """The root model as a rule: in an RLM run, code that finds the needle; asked directly, the number."""
+    messages = request["messages"]
+    key = re.search(r"magic number for (\S+) mentioned", messages[-1]["content"] if len(messages) == 1 else
+                    messages[1]["content"]).group(1)  # fmt: skip
+    if messages[0]["role"] == "system":
+        code = f"import re\nFINAL(re.search(r'numbers for {key} is: (\\d{{7}})', context).group(1))"
+        return Reply(text=f"```repl\n{code}\n```")
+    found = re.search(rf"numbers for {re.escape(key)} is: (\d{{7}})", messages[0]["content"])
+    return Reply(text=found.group(1) if found else "not found")
+
+
+def evaluate(runtime_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlmbox.cli", "eval", "--suite", "sniah", "--lengths", "2k", "--n", "2",
+         "--model", ROOT, *args],
+        capture_output=True, text=True, env=cli_env(runtime_dir), timeout=300, check=False,
+    )  # fmt: skip
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_both_methods_score_record_resume_and_replay(runtime_dir, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with ScriptedOpenAIServer(needle_solver) as server:
+        first = evaluate(runtime_dir, "--api-base", server.url, "--out", str(out), "--cache", str(cache))
+        assert first.returncode == 0, first.stderr
+        rows = results(out)
+        pairs = sorted((r["id"], r["method"]) for r in rows)
+        assert pairs == [(f"sniah-2000-{i}", m) for i in (0, 1) for m in ("base", "rlm")]
+        assert all(r["score"] == 1.0 and r["status"] == "completed" for r in rows)
+        assert all(Path(r["trajectory"]).exists() for r in rows if r["method"] == "rlm")
+        assert (
+            "| rlm | 2,000 | 2 | 1.000 |" in first.stdout and "| base | 2,000 | 2 | 1.000 |" in first.stdout
+        )
+        assert (out / "summary.md").exists() and json.loads((out / "summary.json").read_text())[0][
+            "tasks"
+        ] == 2
+
+        again = evaluate(runtime_dir, "--api-base", server.url, "--out", str(out))
+        assert again.returncode == 2 and "--resume" in again.stderr  # nothing overwritten
+        resumed = evaluate(runtime_dir, "--api-base", server.url, "--out", str(out), "--resume")
+        assert resumed.returncode == 0 and len(results(out)) == 4  # nothing re-run
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    replayed_out = tmp_path / "replayed"
+    replay = evaluate(
+        runtime_dir, "--api-base", dead, "--out", str(replayed_out), "--cache", str(cache), "--replay"
+    )
+    assert replay.returncode == 0, replay.stderr
+    key = lambda r: (r["id"], r["method"])  # noqa: E731
+    assert [(key(r), r["answer"]) for r in sorted(results(replayed_out), key=key)] == [
+        (key(r), r["answer"]) for r in sorted(rows, key=key)
+    ]
+    assert rlmbox_containers(runtime_dir) == []
+
+
+def test_min_score_fails_the_job_when_a_method_scores_below_it(runtime_dir, tmp_path):
+    with ScriptedOpenAIServer(lambda request: Reply(text="1234567")) as server:
+        done = evaluate(runtime_dir, "--api-base", server.url, "--out", str(tmp_path / "o"),
+                        "--method", "base", "--min-score", "0.5")  # fmt: skip
+    assert done.returncode == 1 and "base scored 0.000, below --min-score 0.5" in done.stderr
+
+
+def test_a_task_file_with_a_bad_line_runs_the_good_ones(runtime_dir, tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    good = {"id": "t1", "query": "What is the special magic number for red-fox mentioned in the document?",
+            "context": "One of the special magic numbers for red-fox is: 7654321.", "answer": "7654321",
+            "scorer": "exact", "team": "blue"}  # fmt: skip
+    tasks.write_text(json.dumps(good) + "\n{broken\n")
+    with ScriptedOpenAIServer(needle_solver) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "rlmbox.cli", "eval", "--suite", str(tasks), "--method", "base",
+             "--model", ROOT, "--api-base", server.url, "--out", str(tmp_path / "o")],
+            capture_output=True, text=True, env=cli_env(runtime_dir), timeout=300, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{tasks}: line 2:" in done.stderr and "(skipped)" in done.stderr
+    (row,) = results(tmp_path / "o")
+    assert (row["score"], row["team"]) == (1.0, "blue")
