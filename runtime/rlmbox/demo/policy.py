@@ -30,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "CHUNK_CHARS",
+    "add_demo_policy",
     "DEMO_NOTICE",
     "DEMO_PROVIDER",
     "DEMO_ROOT_MODEL",
@@ -286,7 +287,8 @@ def _provider() -> Any:
             model = str(kwargs.get("model") or "")
             policy = _POLICIES.get(model.rsplit("/", 1)[-1])
             if policy is None:
-                message = f"unknown demo model {model!r}; use {DEMO_ROOT_MODEL} or {DEMO_SUB_MODEL}"
+                known = ", ".join(f"{DEMO_PROVIDER}/{name}" for name in _POLICIES)
+                message = f"unknown demo model {model!r}; use one of {known}"
                 raise CustomLLMError(status_code=404, message=message)
             messages = list(kwargs.get("messages") or [])
             text = policy(messages)
@@ -317,28 +319,36 @@ def _provider() -> Any:
 
 
 _register_lock = threading.Lock()
+_registered: set[str] = set()
+
+
+# Free, and with a known window: the ledger shows $0 and the prompt states a real size.
+_MODEL_ENTRY = {
+    "max_input_tokens": DEMO_INPUT_TOKENS,
+    "max_output_tokens": 4096,
+    "max_tokens": 4096,
+    "input_cost_per_token": 0.0,
+    "output_cost_per_token": 0.0,
+    "litellm_provider": DEMO_PROVIDER,
+    "mode": "chat",
+}
 
 
 def register_demo_provider() -> None:
-    """Make ``rlmbox-demo/root`` and ``rlmbox-demo/sub`` callable (and priced at $0) through litellm.
-
-    Safe to call again.
-    """
+    """Make every ``rlmbox-demo/...`` policy callable, priced at $0, through litellm. Safe to call again."""
     from rlmbox.llm import load_litellm
 
     litellm = load_litellm()
     with _register_lock:
-        if any(item.get("provider") == DEMO_PROVIDER for item in litellm.custom_provider_map):
-            return
-        litellm.custom_provider_map.append({"provider": DEMO_PROVIDER, "custom_handler": _provider()})
-        # Free, and with a known window: the ledger shows $0 and the prompt states a real size.
-        entry = {
-            "max_input_tokens": DEMO_INPUT_TOKENS,
-            "max_output_tokens": 4096,
-            "max_tokens": 4096,
-            "input_cost_per_token": 0.0,
-            "output_cost_per_token": 0.0,
-            "litellm_provider": DEMO_PROVIDER,
-            "mode": "chat",
-        }
-        litellm.register_model({DEMO_ROOT_MODEL: entry, DEMO_SUB_MODEL: entry})
+        if not any(item.get("provider") == DEMO_PROVIDER for item in litellm.custom_provider_map):
+            litellm.custom_provider_map.append({"provider": DEMO_PROVIDER, "custom_handler": _provider()})
+        new = [name for name in _POLICIES if name not in _registered]
+        if new:
+            litellm.register_model({f"{DEMO_PROVIDER}/{name}": _MODEL_ENTRY for name in new})
+            _registered.update(new)
+
+
+def add_demo_policy(name: str, policy: Callable[[Sequence[dict[str, Any]]], str]) -> str:
+    """Serve ``policy`` (the conversation in, the reply out) as the model ``rlmbox-demo/<name>``."""
+    _POLICIES[name] = policy
+    return f"{DEMO_PROVIDER}/{name}"

@@ -90,6 +90,10 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.out is None:
         raise ConfigError("--out DIR is required (where the results go)")
+    if any((m or "").startswith("rlmbox-demo/") for m in (settings.llm.model, settings.llm.sub_model)):
+        from rlmbox.evals import offline_policy
+
+        print(f"rlmbox eval: {offline_policy.NOTICE}", file=sys.stderr)
     total = len(tasks) * len(args.method)
     finished: list[EvalResult] = []
 

@@ -95,6 +95,7 @@ _LINE = re.compile(r"^Date: (\d{4}-\d{2}-\d{2}) \|\| User: (\d+) \|\| Instance: 
 _FIRST_DAY = date(2022, 1, 1)
 _DAYS = 730
 _USERS = 40
+_LINE_OVERHEAD = 46  # a record line's characters beyond its instance: date, user, separators, newline
 
 
 @dataclass(frozen=True)
@@ -132,20 +133,30 @@ def generate_records(n_chars: int, rng: random.Random) -> tuple[str, list[Record
         start = rng.randrange(_DAYS - 60)
         profiles[user] = (rng.sample(LABELS, rng.randint(1, 3)), start, rng.randrange(start + 60, _DAYS))
     weights = [rng.uniform(0.2, 3.0) for _ in users]
-    lines: list[str] = []
-    records: list[Record] = []
-    size = 0
-    while size < n_chars or not records:
-        user = rng.choices(users, weights)[0]
-        labels, first, last = profiles[user]
-        label = rng.choice(labels)
-        template = rng.choice(_TEMPLATES[label])
+
+    def record(user: str, label: str) -> Record:
+        _, first, last = profiles[user]
         slots = {name: rng.choice(words) for name, words in _WORDS.items()}
         day = (_FIRST_DAY + timedelta(days=rng.randint(first, last))).isoformat()
-        instance = template.format(**slots)
-        lines.append(f"Date: {day} || User: {user} || Instance: {instance}")
-        records.append(Record(day, user, label, instance))
-        size += len(lines[-1]) + 1
+        return Record(day, user, label, rng.choice(_TEMPLATES[label]).format(**slots))
+
+    # Half the users also wrote one or two questions of a class outside their usual ones, somewhere:
+    # only a reader of the whole context knows every user's classes.
+    rare: list[Record] = []
+    for user in users:
+        others = [label for label in LABELS if label not in profiles[user][0]]
+        if others and rng.random() < 0.5:
+            label = rng.choice(others)
+            rare += [record(user, label) for _ in range(rng.randint(1, 2))]
+    records: list[Record] = []
+    size = sum(len(r.instance) + _LINE_OVERHEAD for r in rare)
+    while size < n_chars or not records:
+        user = rng.choices(users, weights)[0]
+        records.append(record(user, rng.choice(profiles[user][0])))
+        size += len(records[-1].instance) + _LINE_OVERHEAD
+    for extra in rare:
+        records.insert(rng.randrange(len(records) + 1), extra)
+    lines = [f"Date: {r.day} || User: {r.user} || Instance: {r.instance}" for r in records]
     return "\n".join(lines), records
 
 
