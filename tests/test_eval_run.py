@@ -56,9 +56,9 @@ def test_both_methods_score_record_resume_and_replay(runtime_dir, tmp_path):
         assert (
             "| rlm | 2,000 | 2 | 1.000 |" in first.stdout and "| base | 2,000 | 2 | 1.000 |" in first.stdout
         )
-        assert (out / "summary.md").exists() and json.loads((out / "summary.json").read_text())[0][
-            "tasks"
-        ] == 2
+        summary = json.loads((out / "summary.json").read_text())
+        assert (out / "summary.md").exists() and summary[0]["tasks"] == 2
+        assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         again = evaluate(runtime_dir, "--api-base", server.url, "--out", str(out))
         assert again.returncode == 2 and "--resume" in again.stderr  # nothing overwritten

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rlmbox._exceptions import ConfigError
 from rlmbox.config import Settings
+from rlmbox.evals.loaders import LOADERS, load_dataset
+from rlmbox.evals.plot import plot_scores
 from rlmbox.evals.recording import CompletionClient, RecordingLMClient
 from rlmbox.evals.runner import METHODS, EvalResult, Method, run_eval, summarize, summary_markdown
 from rlmbox.evals.suites import SUITES
@@ -41,8 +43,12 @@ def _methods(text: str) -> list[Method]:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    datasets = "|".join(LOADERS)
     parser.add_argument(
-        "--suite", required=True, metavar="NAME|FILE", help=f"{', '.join(SUITES)}, or a .jsonl file"
+        "--suite",
+        required=True,
+        metavar="NAME|FILE",
+        help=f"{', '.join(SUITES)}; a downloaded dataset as {datasets}:FILE; or a .jsonl task file",
     )
     parser.add_argument("--lengths", type=_lengths, default=[8_000, 32_000], help="tokens, e.g. 8k,32k,1m")
     parser.add_argument("--n", type=int, default=5, help="tasks per length (built-in suites)")
@@ -60,10 +66,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_tasks(args: argparse.Namespace) -> tuple[list[Task], Path]:
     if args.suite in SUITES:
         return SUITES[args.suite](args.lengths, args.n, args.seed), Path.cwd()
-    path = Path(args.suite)
-    if not path.is_file():
-        raise ConfigError(f"--suite {args.suite}: neither a built-in suite ({', '.join(SUITES)}) nor a file")
-    tasks, problems = read_tasks(path)
+    name, _, file = args.suite.partition(":")
+    if file and name in LOADERS:
+        path = Path(file)
+        tasks, problems = load_dataset(name, path)
+    else:
+        path = Path(args.suite)
+        if not path.is_file():
+            known = ", ".join([*SUITES, *(f"{loader}:FILE" for loader in LOADERS)])
+            raise ConfigError(f"--suite {args.suite}: not a suite ({known}) nor a task file")
+        tasks, problems = read_tasks(path)
     for problem in problems:
         print(f"rlmbox eval: {path}: {problem} (skipped)", file=sys.stderr)
     if not tasks:
@@ -128,6 +140,9 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
     (args.out / "summary.md").write_text(table + "\n", encoding="utf-8")
     (args.out / "summary.json").write_text(json.dumps([r.model_dump() for r in rows], indent=1) + "\n")
     print(json.dumps([r.model_dump() for r in rows]) if args.json else table)
+    title = f"{args.suite}: {settings.llm.model}"
+    if not plot_scores(rows, args.out / "scores.png", title):
+        print("rlmbox eval: no plot (pip install 'rlmbox[plot]' for scores.png)", file=sys.stderr)
     if args.min_score is not None:
         for method in args.method:
             scores = [r.score for r in results if r.method == method]
