@@ -25,6 +25,7 @@ from rlmbox.evals.scorers import score
 from rlmbox.evals.tasks import Task
 from rlmbox.llm import LMClient, context_window_chars
 from rlmbox.rlm import RLM
+from rlmbox.sandbox.pool import SandboxPool
 
 __all__ = ["METHODS", "EvalResult", "SummaryRow", "read_results", "run_eval", "summarize", "summary_markdown"]
 
@@ -89,19 +90,22 @@ async def run_eval(
     client: CompletionClient = lm or LMClient(settings.llm)
     limit = asyncio.Semaphore(concurrency)
 
+    todo = [(task, method) for task in tasks for method in methods if (task.id, method) not in done]
+    rlm_runs = sum(method == "rlm" for _, method in todo)
+    # Sandboxes for the next rlm runs start while the current ones work.
+    pool = SandboxPool(settings.sandbox, size=min(concurrency, rlm_runs))
+
     async def one(task: Task, method: Method) -> None:
         async with limit:
-            result = await _answer(task, method, task_dir, settings, client, out)
+            result = await _answer(task, method, task_dir, settings, client, out, pool)
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(result.model_dump_json() + "\n")
         if on_result is not None:
             on_result(result)
 
-    async with asyncio.TaskGroup() as group:
-        for task in tasks:
-            for method in methods:
-                if (task.id, method) not in done:
-                    group.create_task(one(task, method))
+    async with pool, asyncio.TaskGroup() as group:
+        for task, method in todo:
+            group.create_task(one(task, method))
     return read_results(results_path)
 
 
@@ -114,7 +118,13 @@ def _prepare(results_path: Path, resume: bool) -> set[tuple[str, str]]:
 
 
 async def _answer(
-    task: Task, method: Method, task_dir: Path, settings: Settings, lm: CompletionClient, out: Path
+    task: Task,
+    method: Method,
+    task_dir: Path,
+    settings: Settings,
+    lm: CompletionClient,
+    out: Path,
+    pool: SandboxPool,
 ) -> EvalResult:
     started = time.perf_counter()
     common = {"id": task.id, "method": method, "gold": task.answer, **task.extra}
@@ -122,7 +132,8 @@ async def _answer(
         context = task.load_context(task_dir)
         if method == "rlm":
             trajectory = out / "trajectories" / f"{task.id}.{method}.jsonl"
-            run = await RLM(settings, lm=lm).arun(context, task.query, trajectory=trajectory)  # type: ignore[arg-type]
+            rlm = RLM(settings, lm=lm, pool=pool)  # type: ignore[arg-type]
+            run = await rlm.arun(context, task.query, trajectory=trajectory)
             tokens = sum(u.prompt_tokens + u.completion_tokens for u in run.usage.values())
             return EvalResult(
                 **common,
