@@ -49,3 +49,31 @@ def test_every_suite_end_to_end_at_a_million_tokens(runtime_dir, tmp_path):
     assert summary[("sniah", "base", 1_000_000)]["score"] == 0.0
     assert sum(summary[(s, "base", 1_000_000)]["score"] for s in SUITES) < len(SUITES) - 0.5
     assert rlmbox_containers(runtime_dir) == []
+
+
+@pytest.mark.docker
+def test_ctrl_c_keeps_finished_results_and_resume_completes_the_rest(runtime_dir, tmp_path):
+    import signal
+
+    from support.scripted_run import wait_for
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "rlmbox.cli", "eval", "--suite", "oolong", "--lengths", "8k", "--n", "6",
+               "--method", "rlm", "--model", EVAL_ROOT_MODEL, "--sub-model", EVAL_SUB_MODEL,
+               "--concurrency", "1", "--out", str(out)]  # fmt: skip
+    first = subprocess.Popen(
+        command, env=cli_env(runtime_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    results = out / "results.jsonl"
+    wait_for(lambda: results.exists() and results.read_text().count("\n") >= 2, timeout=120)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130, stderr
+    kept = [json.loads(line) for line in results.read_text().splitlines()]
+    assert 2 <= len(kept) < 6 and rlmbox_containers(runtime_dir) == []
+    resumed = subprocess.run([*command, "--resume"], env=cli_env(runtime_dir), capture_output=True, text=True,
+                             timeout=300, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    final = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["id"] for r in final) == [f"oolong-8000-{i}" for i in range(6)]
+    assert final[: len(kept)] == kept and all(r["score"] == 1.0 for r in final)
