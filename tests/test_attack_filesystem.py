@@ -90,7 +90,7 @@ print('REPORT:', report)
     assert report["keys"] in {"EACCES", "", "ENOENT"}
     allowed = {"PATH", "HOME", "HOSTNAME", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
     allowed |= {"IPYTHONDIR", "MPLBACKEND", "PYTHONNOUSERSITE", "VIRTUAL_ENV"}  # set by the image
-    allowed.add("TERM")  # set by ipykernel
+    allowed |= {"TERM", "PYTHONHASHSEED"}  # set by ipykernel; by rlmbox
     allowed |= {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"}
     assert report["environ_names"] == ["EACCES"]  # the init is not dumpable: its /proc files are closed
     from_host = (set(report["my_environ"]) & set(os.environ)) - allowed  # ipykernel adds a few of its own

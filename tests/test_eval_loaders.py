@@ -28,8 +28,10 @@ def test_longbench_v2_keeps_the_code_questions_as_multiple_choice():
     assert problems == [] and [t.id for t in tasks] == ["longbench-v2-66f1a", "longbench-v2-66f1b"]
     first = tasks[0]
     assert "(B) 6" in first.query and first.answer == "B" and "def twice" in first.context
-    assert score("oolong", "twice adds x to itself. Answer: B", first.answer) == 1.0
-    assert score("oolong", "Answer: C", first.answer) == 0.0
+    assert first.scorer == "choice"
+    for said in ("B", "Answer: (B)", "B) 6", "twice adds x to itself, so the answer is B."):
+        assert score(first.scorer, said, first.answer) == 1.0, said
+    assert score(first.scorer, "Answer: C", first.answer) == 0.0
 
 
 def test_browsecomp_plus_gives_each_query_its_documents():

@@ -24,6 +24,14 @@ def test_exact(prediction, gold, expected):
 def test_contains():
     assert score("contains", "The number is 4711234.", "4711234") == 1.0
     assert score("contains", "It is 471123.", "4711234") == 0.0
+    assert score("contains", "I do not know", "no") == 0.0  # whole words only
+    assert score("contains", "anything", "") == 0.0
+
+
+def test_choice():
+    for said in ("B", "(B)", "Answer: B.", "I think it is B) because", "A looks right at first, but B"):
+        assert score("choice", said, "B") == 1.0, said
+    assert score("choice", "Answer: C", "B") == score("choice", "no letter", "B") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -40,6 +48,9 @@ def test_contains():
         ("Answer: human is more common than location", "more common than", 1.0),
         ("Answer: human is less common than location", "more common than", 0.0),
         ("Answer: same frequency as", "same frequency as", 1.0),
+        ("Answer: 8,312", 8312, 1.0),  # digit groups
+        ("Answer: human is not more common than location", "more common than", 0.0),
+        ("Answer: more common than, less common than or same frequency as", "more common than", 0.0),
     ],
 )
 def test_oolong(prediction, gold, expected):
@@ -58,6 +69,8 @@ def test_oolong(prediction, gold, expected):
         ("none", [["1", "2"]], 0.0),
         ("('11', '12')", [["12", "11"]], 1.0),
         ("(7, 7)", [], 1.0),  # a user paired with itself is not a pair
+        ("[[1, 2], [3, 4]]", [["1", "2"], ["3", "4"]], 1.0),
+        ("(user 1, user 2)", [["1", "2"]], 1.0),
     ],
 )
 def test_pairs_f1(prediction, gold, expected):

@@ -42,3 +42,15 @@ def test_written_tasks_read_back_the_same(tmp_path):
     assert write_tasks(tasks, tmp_path / "t.jsonl") == 2
     again, problems = read_tasks(tmp_path / "t.jsonl")
     assert again == tasks and problems == []
+
+
+def test_a_context_path_may_not_leave_the_task_files_folder(tmp_path):
+    import pytest
+
+    (tmp_path / "secret.txt").write_text("do not send")
+    base = tmp_path / "tasks"
+    base.mkdir()
+    for escape in ("../secret.txt", str(tmp_path / "secret.txt")):
+        task = Task(id="x", query="q", context_path=escape, answer="a", scorer="exact")
+        with pytest.raises(ValueError, match="leaves the task file's folder"):
+            task.load_context(base)

@@ -30,13 +30,13 @@ from typing import Any
 
 __all__ = [
     "CHUNK_CHARS",
-    "add_demo_policy",
     "DEMO_NOTICE",
     "DEMO_PROVIDER",
     "DEMO_ROOT_MODEL",
     "DEMO_SUB_MODEL",
     "MAX_TURNS",
     "NOT_FOUND",
+    "add_demo_policy",
     "conclude_code",
     "find_key",
     "give_up_code",

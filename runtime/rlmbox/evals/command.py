@@ -12,7 +12,15 @@ from rlmbox.config import Settings
 from rlmbox.evals.loaders import LOADERS, load_dataset
 from rlmbox.evals.plot import plot_scores
 from rlmbox.evals.recording import CompletionClient, RecordingLMClient
-from rlmbox.evals.runner import METHODS, EvalResult, Method, run_eval, summarize, summary_markdown
+from rlmbox.evals.runner import (
+    METHODS,
+    EvalResult,
+    Method,
+    read_results,
+    run_eval,
+    summarize,
+    summary_markdown,
+)
 from rlmbox.evals.suites import SUITES
 from rlmbox.evals.tasks import Task, read_tasks, write_tasks
 from rlmbox.llm import LMClient
@@ -34,6 +42,16 @@ def _lengths(text: str) -> list[int]:
     return lengths
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _methods(text: str) -> list[Method]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -51,10 +69,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{', '.join(SUITES)}; a downloaded dataset as {datasets}:FILE; or a .jsonl task file",
     )
     parser.add_argument("--lengths", type=_lengths, default=[8_000, 32_000], help="tokens, e.g. 8k,32k,1m")
-    parser.add_argument("--n", type=int, default=5, help="tasks per length (built-in suites)")
+    parser.add_argument("--n", type=_positive, default=5, help="tasks per length (built-in suites)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", type=_methods, default=list(METHODS), help="rlm,base (default both)")
-    parser.add_argument("--concurrency", type=int, default=2, metavar="K", help="tasks run at once")
+    parser.add_argument("--concurrency", type=_positive, default=2, metavar="K", help="tasks run at once")
     parser.add_argument("--out", type=Path, metavar="DIR", help="results.jsonl, summary.md, trajectories")
     parser.add_argument("--resume", action="store_true", help="skip the tasks already in DIR/results.jsonl")
     parser.add_argument("--cache", type=Path, metavar="DIR", help="record every model call in DIR")
@@ -105,8 +123,10 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
     if any((m or "").startswith("rlmbox-demo/") for m in (settings.llm.model, settings.llm.sub_model)):
         from rlmbox.evals import offline_policy
 
+        offline_policy.register_eval_policies()
         print(f"rlmbox eval: {offline_policy.NOTICE}", file=sys.stderr)
-    total = len(tasks) * len(args.method)
+    already = {(r.id, r.method) for r in read_results(args.out / "results.jsonl")} if args.resume else set()
+    total = sum((task.id, method) not in already for task in tasks for method in args.method)
     finished: list[EvalResult] = []
 
     def progress(result: EvalResult) -> None:
@@ -145,8 +165,8 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         print("rlmbox eval: no plot (pip install 'rlmbox[plot]' for scores.png)", file=sys.stderr)
     if args.min_score is not None:
         for method in args.method:
-            scores = [r.score for r in results if r.method == method]
-            mean = sum(scores) / len(scores) if scores else 0.0
+            mine = [r.score for r in results if r.method == method]
+            mean = sum(mine) / len(mine) if mine else 0.0
             if mean < args.min_score:
                 print(
                     f"rlmbox eval: {method} scored {mean:.3f}, below --min-score {args.min_score}",

@@ -57,11 +57,14 @@ def _unwrap(answer: Any) -> Any:
 
 
 def oolong_synth_task(row: dict[str, Any]) -> Task | None:
+    answer = _unwrap(row["answer"])
+    if "NUMERIC" not in str(row.get("answer_type", "")).upper():
+        answer = str(answer)  # a user id or a date is matched exactly, not scored by distance
     return Task(
         id=f"oolong-synth-{row['id']}",
         query=row["question"],
         context=row["context_window_text"],
-        answer=_unwrap(row["answer"]),
+        answer=answer,
         scorer="oolong",
         suite="oolong-synth",
         length=int(row.get("context_len") or len(row["context_window_text"]) // CHARS_PER_TOKEN),
@@ -76,10 +79,10 @@ def codeqa_task(row: dict[str, Any]) -> Task | None:
     choices = "\n".join(f"({letter}) {row[f'choice_{letter}']}" for letter in "ABCD")
     return Task(
         id=f"longbench-v2-{row['_id']}",
-        query=f"{row['question']}\n\n{choices}\n\nAnswer as 'Answer: <letter>'.",
+        query=f"{row['question']}\n\n{choices}\n\nAnswer with the letter of the right choice.",
         context=row["context"],
         answer=row["answer"],
-        scorer="oolong",
+        scorer="choice",
         suite="longbench-v2-codeqa",
         length=len(row["context"]) // CHARS_PER_TOKEN,
         difficulty=row.get("difficulty"),

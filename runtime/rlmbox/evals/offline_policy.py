@@ -19,10 +19,18 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rlmbox.demo.policy import NOT_FOUND, add_demo_policy, root_policy, sub_policy
+from rlmbox.demo.policy import DEMO_PROVIDER, NOT_FOUND, add_demo_policy, root_policy, sub_policy
 from rlmbox.evals.suites.oolong import LABELS, classify
 
-__all__ = ["EVAL_ROOT_MODEL", "EVAL_SUB_MODEL", "NOTICE", "answer_from_records"]
+__all__ = [
+    "EVAL_ROOT_MODEL",
+    "EVAL_SUB_MODEL",
+    "NOTICE",
+    "answer_from_records",
+    "eval_root_policy",
+    "eval_sub_policy",
+    "register_eval_policies",
+]
 
 NOTICE = "the rlmbox-demo models are scripted offline test doubles, not language models"
 LABEL_INSTRUCTION = "Label every record below with its TREC coarse class; reply with a JSON list of"
@@ -135,5 +143,11 @@ def eval_sub_policy(messages: Sequence[dict[str, Any]]) -> str:
     return sub_policy(prompt)
 
 
-EVAL_ROOT_MODEL = add_demo_policy("eval-root", eval_root_policy)
-EVAL_SUB_MODEL = add_demo_policy("eval-sub", eval_sub_policy)
+EVAL_ROOT_MODEL = f"{DEMO_PROVIDER}/eval-root"
+EVAL_SUB_MODEL = f"{DEMO_PROVIDER}/eval-sub"
+
+
+def register_eval_policies() -> None:
+    """Serve the two policies as ``rlmbox-demo/eval-root`` and ``rlmbox-demo/eval-sub``."""
+    add_demo_policy("eval-root", eval_root_policy)
+    add_demo_policy("eval-sub", eval_sub_policy)

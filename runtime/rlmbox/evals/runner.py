@@ -9,7 +9,9 @@ loses nothing but the runs in flight.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from rlmbox._exceptions import ConfigError, RLMBoxError
+from rlmbox._exceptions import ConfigError
 from rlmbox.config import Settings
 from rlmbox.evals.recording import CompletionClient
 from rlmbox.evals.scorers import score
@@ -27,7 +29,16 @@ from rlmbox.llm import LMClient, context_window_chars
 from rlmbox.rlm import RLM
 from rlmbox.sandbox.pool import SandboxPool
 
-__all__ = ["METHODS", "EvalResult", "SummaryRow", "read_results", "run_eval", "summarize", "summary_markdown"]
+__all__ = [
+    "METHODS",
+    "EvalResult",
+    "SummaryRow",
+    "base_messages",
+    "read_results",
+    "run_eval",
+    "summarize",
+    "summary_markdown",
+]
 
 Method = Literal["rlm", "base"]
 METHODS: tuple[Method, ...] = ("rlm", "base")
@@ -114,6 +125,10 @@ def _prepare(results_path: Path, resume: bool) -> set[tuple[str, str]]:
     if results_path.exists() and not resume:
         raise ConfigError(f"{results_path} exists: pass --resume to continue it, or choose another --out")
     results_path.parent.mkdir(parents=True, exist_ok=True)
+    if results_path.exists():  # a line cut short by a crash would swallow the next result: drop it
+        data = results_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            results_path.write_bytes(data[: data.rfind(b"\n") + 1])
     return {(r.id, r.method) for r in read_results(results_path)}
 
 
@@ -126,50 +141,62 @@ async def _answer(
     out: Path,
     pool: SandboxPool,
 ) -> EvalResult:
+    """One task by one method. Whatever goes wrong becomes a result with status ``error``: one task never
+    ends the evaluation."""
     started = time.perf_counter()
-    common = {"id": task.id, "method": method, "gold": task.answer, **task.extra}
+    outcome: dict[str, Any]
     try:
         context = task.load_context(task_dir)
         if method == "rlm":
-            trajectory = out / "trajectories" / f"{task.id}.{method}.jsonl"
+            trajectory = out / "trajectories" / f"{file_name(task.id)}.{method}.jsonl"
             rlm = RLM(settings, lm=lm, pool=pool)  # type: ignore[arg-type]
             run = await rlm.arun(context, task.query, trajectory=trajectory)
-            tokens = sum(u.prompt_tokens + u.completion_tokens for u in run.usage.values())
-            return EvalResult(
-                **common,
-                answer=run.answer,
-                score=score(task.scorer, run.answer, task.answer),
-                status=run.status,
-                iterations=run.iterations,
-                sub_calls=run.sub_calls,
-                tokens=tokens,
-                cost_usd=run.cost_usd,
-                elapsed_s=round(time.perf_counter() - started, 3),
-                trajectory=run.trajectory,
-                error=run.error,
-            )
-        model = settings.llm.model
-        assert model is not None
-        completion = await lm.complete(model, base_messages(context, task.query, model))
-        return EvalResult(
-            **common,
-            answer=completion.text,
-            score=score(task.scorer, completion.text, task.answer),
-            status="completed",
-            iterations=1,
-            tokens=completion.prompt_tokens + completion.completion_tokens,
-            cost_usd=completion.cost_usd or 0.0,
-            elapsed_s=round(time.perf_counter() - started, 3),
-        )
-    except (RLMBoxError, OSError, ValueError) as exc:
-        return EvalResult(
-            **common,
-            answer=None,
-            score=0.0,
-            status="error",
-            elapsed_s=round(time.perf_counter() - started, 3),
-            error=f"{type(exc).__name__}: {exc}",
-        )
+            outcome = {
+                "answer": run.answer,
+                "status": run.status,
+                "iterations": run.iterations,
+                "sub_calls": run.sub_calls,
+                "tokens": sum(u.prompt_tokens + u.completion_tokens for u in run.usage.values()),
+                "cost_usd": run.cost_usd,
+                "trajectory": run.trajectory,
+                "error": run.error,
+            }
+        else:
+            model = settings.llm.model
+            assert model is not None
+            completion = await lm.complete(model, base_messages(context, task.query, model))
+            outcome = {
+                "answer": completion.text,
+                "status": "completed",
+                "iterations": 1,
+                "tokens": completion.prompt_tokens + completion.completion_tokens,
+                "cost_usd": completion.cost_usd or 0.0,
+            }
+    except Exception as exc:  # the boundary of one task: a provider, a sandbox, a bad file, a bug
+        outcome = {"answer": None, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        points = score(task.scorer, outcome["answer"], task.answer)
+    except Exception as exc:  # a gold answer of the wrong shape for its scorer
+        points, outcome["error"] = 0.0, f"scoring failed: {type(exc).__name__}: {exc}"
+    extra = task.extra
+    return EvalResult(
+        # The task's own fields first, so that none can replace a result field.
+        **{key: value for key, value in extra.items() if key not in EvalResult.model_fields},
+        id=task.id,
+        method=method,
+        suite=extra.get("suite") if isinstance(extra.get("suite"), str) else None,
+        length=extra.get("length") if type(extra.get("length")) is int else None,
+        gold=task.answer,
+        score=points,
+        elapsed_s=round(time.perf_counter() - started, 3),
+        **outcome,
+    )
+
+
+def file_name(task_id: str) -> str:
+    """A task id made safe as a file name (ids come from task files)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:80].lstrip(".")
+    return f"{safe}-{hashlib.sha256(task_id.encode()).hexdigest()[:8]}"
 
 
 def base_messages(context: Any, query: str, model: str) -> list[dict[str, str]]:

@@ -1,12 +1,14 @@
 """Scoring a model's answer against a task's gold answer, each scorer a number in [0, 1].
 
 - ``exact``: equal after normalisation (case, surrounding space, quotes, a final full stop).
-- ``contains``: the normalised gold answer appears in the normalised prediction.
+- ``contains``: the normalised gold answer appears in the normalised prediction, as whole words.
+- ``choice``: multiple choice; the last option letter (A-D) the prediction names is the gold letter.
 - ``oolong``: as OOLONG scores. The prediction's text after its last ':' is taken and ``*[]`` stripped;
-  a numeric gold answer scores 0.75 ** |gold - predicted|; a comparison phrase ("more common than", ...)
-  scores by containment; anything else by exact match.
-- ``pairs_f1``: F1 between the sets of unordered pairs in the prediction, written ``(a, b)``, and the gold
-  pairs; both empty scores 1.
+  a numeric gold answer scores 0.75 ** |gold - predicted| (digit groups such as "8,312" read as one
+  number); a comparison phrase ("more common than", ...) scores when it is the only one in that text;
+  anything else by exact match.
+- ``pairs_f1``: F1 between the sets of unordered pairs in the prediction, written ``(a, b)`` or ``[a, b]``
+  (optionally ``user a``), and the gold pairs; both empty scores 1.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ __all__ = ["COMPARISONS", "SCORERS", "canonical_pairs", "score"]
 
 COMPARISONS = ("more common than", "less common than", "same frequency as")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_PAIR = re.compile(r"\(\s*['\"]?([\w.-]+)['\"]?\s*,\s*['\"]?([\w.-]+)['\"]?\s*\)")
+_DIGIT_GROUP = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_MEMBER = r"\s*(?:user\s*)?['\"]?([\w.-]+)['\"]?\s*"
+_PAIR = re.compile(rf"[(\[]{_MEMBER},{_MEMBER}[)\]]", re.IGNORECASE)
 
 
 def _normalize(text: str) -> str:
@@ -32,7 +36,11 @@ def exact(prediction: str, gold: Any) -> float:
 
 
 def contains(prediction: str, gold: Any) -> float:
-    return float(_normalize(str(gold)) in _normalize(prediction))
+    """The gold answer as a whole word or phrase of the prediction ("no" is not in "not")."""
+    wanted = _normalize(str(gold))
+    if not wanted:
+        return 0.0
+    return float(re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", _normalize(prediction)) is not None)
 
 
 def _is_number(value: Any) -> bool:
@@ -46,12 +54,20 @@ def _is_number(value: Any) -> bool:
 def oolong(prediction: str, gold: Any) -> float:
     answer = prediction.rsplit(":", 1)[-1].translate(str.maketrans("", "", "*[]")).strip()
     if _is_number(gold):
-        found = _NUMBER.search(answer)
+        # Digit groups ("8,312") are read as one number: counts over long contexts run into thousands.
+        found = _NUMBER.search(_DIGIT_GROUP.sub("", answer))
         return 0.75 ** abs(float(found.group()) - float(gold)) if found else 0.0
     phrase = _normalize(str(gold))
     if phrase in COMPARISONS:
-        return float(phrase in _normalize(prediction))
+        given = [c for c in COMPARISONS if c in _normalize(answer)]
+        return float(given == [phrase] and f"not {phrase}" not in _normalize(answer))
     return float(_normalize(answer) == phrase)
+
+
+def choice(prediction: str, gold: Any) -> float:
+    """Multiple choice: the last option letter the prediction names, alone or as "(B)", "B)" or "B."."""
+    letters = re.findall(r"(?<![A-Za-z])([A-D])(?![A-Za-z])", prediction.rsplit("nswer", 1)[-1])
+    return float(bool(letters) and letters[-1] == str(gold).strip().upper())
 
 
 def canonical_pairs(pairs: Iterable[Iterable[Any]]) -> set[tuple[str, str]]:
@@ -79,6 +95,7 @@ def pairs_f1(prediction: str, gold: Any) -> float:
 SCORERS: dict[str, Callable[[str, Any], float]] = {
     "exact": exact,
     "contains": contains,
+    "choice": choice,
     "oolong": oolong,
     "pairs_f1": pairs_f1,
 }

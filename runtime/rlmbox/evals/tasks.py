@@ -1,7 +1,7 @@
 """Evaluation tasks and the JSONL files that hold them, one task a line.
 
     {"id": "...", "query": "...", "context": str | list | dict (or "context_path": relative path),
-     "answer": ..., "scorer": "exact" | "contains" | "oolong" | "pairs_f1", ...any other field, kept}
+     "answer": ..., "scorer": "exact" | "contains" | "choice" | "oolong" | "pairs_f1", ...other fields, kept}
 
 A malformed line is reported with its number and skipped; it never stops the others from loading.
 """
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 __all__ = ["ScorerName", "Task", "TaskFileProblem", "read_tasks", "write_tasks"]
 
-ScorerName = Literal["exact", "contains", "oolong", "pairs_f1"]
+ScorerName = Literal["exact", "contains", "choice", "oolong", "pairs_f1"]
 
 
 class Task(BaseModel):
@@ -49,7 +49,9 @@ class Task(BaseModel):
         if self.context is not None:
             return self.context
         assert self.context_path is not None
-        path = base / self.context_path
+        path = (base / self.context_path).resolve()
+        if not path.is_relative_to(base.resolve()):  # a task file may not send any file of yours
+            raise ValueError(f"context_path {self.context_path!r} leaves the task file's folder")
         text = path.read_text(encoding="utf-8")
         return json.loads(text) if path.suffix == ".json" else text
 

@@ -22,7 +22,7 @@ from rlmbox._exceptions import DockerUnavailableError, ImageMissingError, Sandbo
 from rlmbox.config import SandboxConfig
 from rlmbox.protocol import CONNECTION_FILE, IPC_MOUNT, SESSION_MOUNT
 from rlmbox.sandbox.base import KernelExit, SandboxState
-from rlmbox.sandbox.kernel_backed import KernelBackedSandbox, thread_limits
+from rlmbox.sandbox.kernel_backed import KernelBackedSandbox, kernel_environment
 from rlmbox.sandbox.owner import ProcessIdentity
 from rlmbox.sandbox.reaper import LABEL_PREFIX, reap_orphans_once
 from rlmbox.sandbox.session_dir import SessionDir
@@ -53,7 +53,7 @@ def container_spec(config: SandboxConfig, session: SessionDir) -> dict[str, Any]
         "image": config.image,
         "command": ["python", "-m", "rlmbox_kernel.launch", f"{SESSION_MOUNT}/{CONNECTION_FILE}"],
         "user": config.user,
-        "environment": thread_limits(config),  # nothing from the host
+        "environment": kernel_environment(config),  # nothing from the host
         "network_mode": "none",
         "read_only": True,
         "cap_drop": ["ALL"],

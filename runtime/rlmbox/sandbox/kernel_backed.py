@@ -34,7 +34,7 @@ from rlmbox.sandbox.base import (
 )
 from rlmbox.sandbox.session_dir import SessionDir
 
-__all__ = ["KernelBackedSandbox", "thread_limits"]
+__all__ = ["KernelBackedSandbox", "kernel_environment"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -46,9 +46,10 @@ EXIT_REPORT_TIMEOUT_S = 10.0
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def thread_limits(config: SandboxConfig) -> dict[str, str]:
-    """Environment that keeps numeric libraries' thread pools within the CPU limit."""
-    return dict.fromkeys(THREAD_VARIABLES, str(max(1, int(config.cpus))))
+def kernel_environment(config: SandboxConfig) -> dict[str, str]:
+    """The kernel's whole environment from rlmbox: thread pools within the CPU limit, and a fixed string
+    hash seed, so that the same code prints the same output in every session (recorded runs replay)."""
+    return {"PYTHONHASHSEED": "0", **dict.fromkeys(THREAD_VARIABLES, str(max(1, int(config.cpus))))}
 
 
 class KernelBackedSandbox(SandboxBackend):

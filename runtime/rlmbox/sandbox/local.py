@@ -15,7 +15,7 @@ import warnings
 
 from rlmbox.protocol import CONNECTION_FILE
 from rlmbox.sandbox.base import KernelExit
-from rlmbox.sandbox.kernel_backed import KernelBackedSandbox, thread_limits
+from rlmbox.sandbox.kernel_backed import KernelBackedSandbox, kernel_environment
 from rlmbox.sandbox.reaper import reap_orphans_once
 from rlmbox.sandbox.session_dir import SessionDir
 
@@ -54,7 +54,7 @@ class LocalSandbox(KernelBackedSandbox):
             "HOME": str(home),
             "PYTHONNOUSERSITE": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
-            **thread_limits(self.config),
+            **kernel_environment(self.config),
         }
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 from rlmbox.demo.haystack import make_haystack
-from rlmbox.evals.suites.common import CHARS_PER_TOKEN
+from rlmbox.evals.suites.common import CHARS_PER_TOKEN, task_seed
 from rlmbox.evals.tasks import Task
 
 __all__ = ["find_magic_number", "sniah_tasks"]
@@ -23,7 +23,7 @@ def sniah_tasks(lengths: Sequence[int], n: int, seed: int) -> list[Task]:
     tasks = []
     for length in lengths:
         for index in range(n):
-            haystack = make_haystack(length * CHARS_PER_TOKEN, seed=seed * 1_000_003 + length * 101 + index)
+            haystack = make_haystack(length * CHARS_PER_TOKEN, seed=task_seed(seed, length, index))
             gold = find_magic_number(haystack.text, haystack.key)
             if gold is None:
                 raise RuntimeError(f"sniah: the haystack for seed {seed} has no single needle for its key")

@@ -1,0 +1,54 @@
+"""The evaluation runner without containers: the base method against a fake model client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rlmbox import Settings
+from rlmbox.evals import Task
+from rlmbox.evals.runner import read_results, run_eval
+from rlmbox.llm import Completion
+
+
+class Echo:
+    """Answers with the last word of the prompt's context line."""
+
+    async def complete(self, model, messages, *, timeout_s=None):
+        return Completion(messages[0]["content"].split()[0], model, 10, 1, 0.001, 0.0, 1)
+
+
+def evaluate(tasks, out, *, resume=False):
+    settings = Settings(llm={"model": "openai/m"})
+    return asyncio.run(
+        run_eval(tasks, task_dir=out, methods=["base"], settings=settings, out=out, lm=Echo(), resume=resume)
+    )
+
+
+def test_a_task_whose_fields_clash_or_whose_gold_is_malformed_does_not_end_the_run(tmp_path):
+    tasks = [
+        Task(id="clash", query="q", context="yes", answer="yes", scorer="exact",
+             status="draft", gold="fake", length="long", score=5, team="blue"),
+        Task(id="bad-gold", query="q", context="(1, 2)", answer=7, scorer="pairs_f1"),
+        Task(id="fine", query="q", context="ok", answer="ok", scorer="exact", length=8000),
+    ]  # fmt: skip
+    results = {r.id: r for r in evaluate(tasks, tmp_path)}
+    clash = results["clash"]
+    assert (clash.status, clash.gold, clash.score, clash.length, clash.team) == (
+        "completed",
+        "yes",
+        1.0,
+        None,
+        "blue",
+    )
+    assert results["bad-gold"].score == 0.0 and "scoring failed" in results["bad-gold"].error
+    assert results["fine"].length == 8000 and results["fine"].score == 1.0
+
+
+def test_resume_after_a_line_cut_short_loses_no_result(tmp_path):
+    tasks = [Task(id=f"t{i}", query="q", context="a", answer="a", scorer="exact") for i in range(3)]
+    evaluate(tasks[:2], tmp_path)
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"id": "t2", "meth')  # a crash in the middle of a write
+    results = evaluate(tasks, tmp_path, resume=True)
+    assert sorted(r.id for r in results) == ["t0", "t1", "t2"]
+    assert len(read_results(path)) == 3 and path.read_bytes().endswith(b"\n")
