@@ -52,3 +52,25 @@ def test_resume_after_a_line_cut_short_loses_no_result(tmp_path):
     results = evaluate(tasks, tmp_path, resume=True)
     assert sorted(r.id for r in results) == ["t0", "t1", "t2"]
     assert len(read_results(path)) == 3 and path.read_bytes().endswith(b"\n")
+
+
+def test_resuming_with_other_arguments_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def dump_free_eval(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "rlmbox.cli", "eval", "--suite", "sniah", "--lengths", "2k", "--n", "1",
+             "--method", "base", "--model", "openai/none", "--api-base", "http://127.0.0.1:9/v1",
+             "--out", str(tmp_path), *extra],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "RLMBOX_MAX_RETRIES": "0"},
+        )  # fmt: skip
+
+    first = dump_free_eval()
+    assert first.returncode == 0, first.stderr  # the call fails, the task is recorded as an error
+    changed = dump_free_eval("--resume", "--seed", "5")
+    assert changed.returncode == 2 and "seed differ" in changed.stderr
+    same = dump_free_eval("--resume")
+    assert same.returncode == 0, same.stderr

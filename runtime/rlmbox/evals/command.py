@@ -112,6 +112,29 @@ def _client(args: argparse.Namespace, settings: Settings) -> CompletionClient:
     return RecordingLMClient(inner, args.cache, params=params, replay=args.replay)
 
 
+def _check_same_evaluation(args: argparse.Namespace, settings: Settings) -> None:
+    """Record what DIR holds an evaluation of; refuse to resume it as a different one (same task ids,
+    other tasks)."""
+    manifest = {
+        "suite": args.suite,
+        "lengths": args.lengths,
+        "n": args.n,
+        "seed": args.seed,
+        "model": settings.llm.model,
+        "sub_model": settings.llm.effective_sub_model,
+    }
+    path = args.out / "evaluation.json"
+    if args.resume and path.exists():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(key for key in manifest if recorded.get(key) != manifest[key])
+        if changed:
+            raise ConfigError(
+                f"{args.out} holds another evaluation ({', '.join(changed)} differ): use another --out"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
 async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
     tasks, task_dir = _load_tasks(args)
     if args.dump is not None:
@@ -125,6 +148,7 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
 
         offline_policy.register_eval_policies()
         print(f"rlmbox eval: {offline_policy.NOTICE}", file=sys.stderr)
+    _check_same_evaluation(args, settings)
     already = {(r.id, r.method) for r in read_results(args.out / "results.jsonl")} if args.resume else set()
     total = sum((task.id, method) not in already for task in tasks for method in args.method)
     finished: list[EvalResult] = []
