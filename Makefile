@@ -22,7 +22,7 @@ INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
 help: ## List the targets
 	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
 	@echo
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo
 	@echo "FORCE=1 make image rebuilds the sandbox image; FORCE=1 make base-image the offline base."
 	@echo "BASE_IMAGE=... make image builds on another base (default python:3.12-slim, else rlmbox-base:bookworm)."
