@@ -135,3 +135,16 @@ def test_runs_share_a_pool(runtime_dir, tmp_path):
         first, second, claimed = asyncio.run(main(server))
     assert (first.answer, second.answer, claimed) == ("abc", "xyz", 2)
     assert rlmbox_containers(runtime_dir) == []
+
+
+def test_a_waiting_claim_takes_the_sandbox_being_started_instead_of_starting_another(config):
+    async def main():
+        async with SandboxPool(config, size=1) as pool:
+            sandbox = await pool.claim("waited", wait=True)  # nothing is ready yet: one is starting
+            async with sandbox:
+                cell = await sandbox.execute("context")
+            return sandbox.state, cell.result, pool.claimed, pool.cold_starts
+
+    state, result, claimed, cold = asyncio.run(main())
+    assert (result, claimed, cold) == ("'waited'", 1, 0) and state is SandboxState.CLOSED
+    assert rlmbox_containers(config.runtime_dir) == []

@@ -74,7 +74,8 @@ class RLM:
     """A Recursive Language Model runtime.
 
     ``settings`` says which models, sandbox and limits to use. ``pool`` hands out a warm sandbox per run
-    (its config wins over the settings'); ``sandbox`` replaces the sandbox altogether (e.g. a FakeSandbox in
+    (its config wins over the settings'; with ``wait_for_pool`` a run waits for one being started rather
+    than start its own); ``sandbox`` replaces the sandbox altogether (e.g. a FakeSandbox in
     tests); ``lm`` replaces the litellm client.
     """
 
@@ -83,11 +84,13 @@ class RLM:
         settings: Settings | None = None,
         *,
         pool: SandboxPool | None = None,
+        wait_for_pool: bool = False,
         sandbox: SandboxBackend | None = None,
         lm: LMClient | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self._pool = pool
+        self._wait_for_pool = wait_for_pool
         self._sandbox = sandbox
         self._lm = lm
 
@@ -195,7 +198,7 @@ class RLM:
             self._sandbox.context, self._sandbox.handler = context, router
             return self._sandbox
         if self._pool is not None:
-            return await self._pool.claim(context, router)
+            return await self._pool.claim(context, router, wait=self._wait_for_pool)
         return create_backend(self.settings.sandbox, context, router)
 
 

@@ -103,7 +103,8 @@ async def run_eval(
 
     todo = [(task, method) for task in tasks for method in methods if (task.id, method) not in done]
     rlm_runs = sum(method == "rlm" for _, method in todo)
-    # Sandboxes for the next rlm runs start while the current ones work.
+    # Sandboxes for the next rlm runs start while the current ones work; runs wait for them rather than
+    # start more, so at most 2K sandboxes exist (K running, K warming up).
     pool = SandboxPool(settings.sandbox, size=min(concurrency, rlm_runs))
 
     async def one(task: Task, method: Method) -> None:
@@ -149,7 +150,7 @@ async def _answer(
         context = task.load_context(task_dir)
         if method == "rlm":
             trajectory = out / "trajectories" / f"{file_name(task.id)}.{method}.jsonl"
-            rlm = RLM(settings, lm=lm, pool=pool)  # type: ignore[arg-type]
+            rlm = RLM(settings, lm=lm, pool=pool, wait_for_pool=True)  # type: ignore[arg-type]
             run = await rlm.arun(context, task.query, trajectory=trajectory)
             outcome = {
                 "answer": run.answer,

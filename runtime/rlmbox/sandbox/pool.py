@@ -73,13 +73,19 @@ class SandboxPool:
             while len(self._ready) < wanted and self._starting:
                 await asyncio.wait(set(self._starting), return_when=asyncio.FIRST_COMPLETED)
 
-    async def claim(self, context: ContextInput, handler: BridgeHandler | None = None) -> SandboxBackend:
+    async def claim(
+        self, context: ContextInput, handler: BridgeHandler | None = None, *, wait: bool = False
+    ) -> SandboxBackend:
         """A sandbox for one session, holding ``context`` and answering ``llm_query`` through ``handler``.
 
         A warm one when ready (running already), else a new one the caller starts (``async with`` does).
+        With ``wait``, a claim that finds none ready waits for one being started instead, so that no more
+        sandboxes run than the pool's size and its sessions.
         """
         if self._closed:
             raise RuntimeError("the sandbox pool is closed")
+        if wait and not self._ready and self._starting:
+            await self.wait_ready(count=1)
         while self._ready:
             sandbox = self._ready.pop()
             self.fill()
