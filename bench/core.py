@@ -90,7 +90,7 @@ class Figure:
     per: str
     samples: list[float] = field(default_factory=list)
     target: tuple[str, float] | None = None
-    """The issue's target for the median: ("<=", 800.0) or (">=", 30000.0)."""
+    """The target for the median: ("<=", 800.0) or (">=", 30000.0)."""
 
     def verdict(self) -> str:
         if self.target is None or not self.samples:
