@@ -42,6 +42,7 @@ __all__ = [
     "give_up_code",
     "inspect_code",
     "register_demo_provider",
+    "role_texts",
     "root_policy",
     "search_code",
     "sub_policy",
@@ -85,13 +86,14 @@ def _text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def _role_texts(messages: Sequence[dict[str, Any]], role: str) -> list[str]:
+def role_texts(messages: Sequence[dict[str, Any]], role: str) -> list[str]:
+    """The text of every message of ``role``, in order."""
     return [_text(m.get("content")) for m in messages if m.get("role") == role]
 
 
 def find_key(messages: Sequence[dict[str, Any]]) -> str | None:
     """The key asked about: from the ``Query: ...`` line of the first user message, else anywhere."""
-    users = _role_texts(messages, "user")
+    users = role_texts(messages, "user")
     first = users[0] if users else ""
     candidates = [m.group(1) for m in _QUERY_LINE.finditer(first)] + [first]
     candidates += [t for m in messages for t in [_text(m.get("content"))] if m.get("role") != "assistant"]
@@ -262,7 +264,7 @@ def sub_policy(prompt: str) -> str:
 
 
 def _sub_reply(messages: Sequence[dict[str, Any]]) -> str:
-    return sub_policy("\n".join(_role_texts(messages, "user")))
+    return sub_policy("\n".join(role_texts(messages, "user")))
 
 
 _POLICIES: dict[str, Callable[[Sequence[dict[str, Any]]], str]] = {"root": root_policy, "sub": _sub_reply}

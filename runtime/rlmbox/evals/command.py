@@ -16,7 +16,7 @@ from rlmbox.evals.runner import (
     METHODS,
     EvalResult,
     Method,
-    read_results,
+    mean_scores,
     run_eval,
     summarize,
     summary_markdown,
@@ -149,17 +149,16 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         offline_policy.register_eval_policies()
         print(f"rlmbox eval: {offline_policy.NOTICE}", file=sys.stderr)
     _check_same_evaluation(args, settings)
-    already = {(r.id, r.method) for r in read_results(args.out / "results.jsonl")} if args.resume else set()
-    total = sum((task.id, method) not in already for task in tasks for method in args.method)
+    total = 0
     finished: list[EvalResult] = []
+
+    def start(count: int) -> None:
+        nonlocal total
+        total = count
 
     def progress(result: EvalResult) -> None:
         finished.append(result)
-        means = {
-            m: sum(r.score for r in finished if r.method == m) / max(1, sum(r.method == m for r in finished))
-            for m in args.method
-        }
-        running = ", ".join(f"{m} {score:.3f}" for m, score in means.items())
+        running = ", ".join(f"{m} {score:.3f}" for m, score in mean_scores(finished).items())
         spend = sum(r.cost_usd for r in finished)
         print(
             f"[{len(finished)}/{total}] {result.id} {result.method}: {result.score:.2f} ({result.status}); "
@@ -177,6 +176,7 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         concurrency=args.concurrency,
         lm=_client(args, settings),
         resume=args.resume,
+        on_start=start,
         on_result=progress,
     )
     rows = summarize(results)
@@ -188,9 +188,9 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
     if not plot_scores(rows, args.out / "scores.png", title):
         print("rlmbox eval: no plot (pip install 'rlmbox[plot]' for scores.png)", file=sys.stderr)
     if args.min_score is not None:
+        means = mean_scores(results)
         for method in args.method:
-            mine = [r.score for r in results if r.method == method]
-            mean = sum(mine) / len(mine) if mine else 0.0
+            mean = means.get(method, 0.0)
             if mean < args.min_score:
                 print(
                     f"rlmbox eval: {method} scored {mean:.3f}, below --min-score {args.min_score}",

@@ -19,8 +19,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rlmbox.demo.policy import DEMO_PROVIDER, NOT_FOUND, add_demo_policy, root_policy, sub_policy
-from rlmbox.evals.suites.oolong import LABELS, classify
+from rlmbox.demo.policy import (
+    DEMO_PROVIDER,
+    NOT_FOUND,
+    add_demo_policy,
+    role_texts,
+    root_policy,
+    sub_policy,
+)
+from rlmbox.evals.suites.oolong import LABELS, parse_records
 
 __all__ = [
     "EVAL_ROOT_MODEL",
@@ -36,7 +43,6 @@ NOTICE = "the rlmbox-demo models are scripted offline test doubles, not language
 LABEL_INSTRUCTION = "Label every record below with its TREC coarse class; reply with a JSON list of"
 RECORD_LINES_PER_CHUNK = 5_000
 _QUERY = re.compile(r"^\s*Query:\s*(.+)$", re.MULTILINE)
-_RECORD = re.compile(r"^Date: (\S+) \|\| User: (\d+) \|\| Instance: (.+)$", re.MULTILINE)
 
 
 def answer_from_records(query: str, records: list[tuple[str, str, str]], labels: tuple[str, ...]) -> str:
@@ -85,20 +91,8 @@ def answer_from_records(query: str, records: list[tuple[str, str, str]], labels:
     return f"Answer: {first} is {relation} {second}"
 
 
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    return content if isinstance(content, str) else ""
-
-
-def _visible_records(text: str) -> list[tuple[str, str, str]]:
-    """The records a direct reader sees; a line cut by the truncation is not one."""
-    records = []
-    for day, user, instance in _RECORD.findall(text):
-        try:
-            records.append((day, user, classify(instance)))
-        except ValueError:
-            continue
-    return records
+def _records(text: str, *, strict: bool) -> list[tuple[str, str, str]]:
+    return [(r.day, r.user, r.label) for r in parse_records(text, strict=strict)]
 
 
 def label_records_code(query: str) -> str:
@@ -120,7 +114,7 @@ FINAL_VAR("answer")
 def eval_root_policy(messages: Sequence[dict[str, Any]]) -> str:
     """The root model's reply; see the module docstring."""
     direct = not messages or messages[0].get("role") != "system"
-    text = "\n".join(_text(m) for m in messages if m.get("role") == "user")
+    text = "\n".join(role_texts(messages, "user"))
     query_match = _QUERY.search(text)
     query = query_match.group(1).strip() if query_match else ""
     if "magic number" in query:
@@ -129,17 +123,16 @@ def eval_root_policy(messages: Sequence[dict[str, Any]]) -> str:
         found = sub_policy(text)
         return "not found" if found == NOT_FOUND else found
     if direct:
-        return answer_from_records(query, _visible_records(text), LABELS)
+        return answer_from_records(query, _records(text, strict=False), LABELS)  # the cut line is no record
     cell = label_records_code(query)
     return f"I label the records chunk by chunk, then count in the REPL.\n\n```repl\n{cell}```"
 
 
 def eval_sub_policy(messages: Sequence[dict[str, Any]]) -> str:
     """A sub-call: label a chunk's records by rule, or find a needle."""
-    prompt = "\n".join(_text(m) for m in messages if m.get("role") == "user")
+    prompt = "\n".join(role_texts(messages, "user"))
     if prompt.startswith(LABEL_INSTRUCTION):
-        labelled = [[day, user, classify(instance)] for day, user, instance in _RECORD.findall(prompt)]
-        return json.dumps(labelled)
+        return json.dumps(_records(prompt, strict=True))
     return sub_policy(prompt)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "EvalResult",
     "SummaryRow",
     "base_messages",
+    "mean_scores",
     "read_results",
     "run_eval",
     "summarize",
@@ -91,9 +92,13 @@ async def run_eval(
     concurrency: int = 2,
     lm: CompletionClient | None = None,
     resume: bool = False,
+    on_start: Callable[[int], None] | None = None,
     on_result: Callable[[EvalResult], None] | None = None,
 ) -> list[EvalResult]:
-    """Run every (task, method) not yet in ``out/results.jsonl``; returns every result there."""
+    """Run every (task, method) not yet in ``out/results.jsonl``; returns every result there.
+
+    ``on_start`` hears how many runs are left to do; ``on_result`` hears each as it finishes.
+    """
     if not settings.llm.model:
         raise ConfigError("no root model: pass --model or set RLMBOX_MODEL")
     results_path = out / RESULTS_FILE
@@ -102,6 +107,8 @@ async def run_eval(
     limit = asyncio.Semaphore(concurrency)
 
     todo = [(task, method) for task in tasks for method in methods if (task.id, method) not in done]
+    if on_start is not None:
+        on_start(len(todo))
     rlm_runs = sum(method == "rlm" for _, method in todo)
     # Sandboxes for the next rlm runs start while the current ones work; runs wait for them rather than
     # start more, so at most 2K sandboxes exist (K running, K warming up).
@@ -238,6 +245,14 @@ def summarize(results: Sequence[EvalResult]) -> list[SummaryRow]:
         )
         for (method, length), group in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0))
     ]
+
+
+def mean_scores(results: Sequence[EvalResult]) -> dict[str, float]:
+    """Each method's mean score over all its results."""
+    by_method: dict[str, list[float]] = {}
+    for result in results:
+        by_method.setdefault(result.method, []).append(result.score)
+    return {method: statistics.fmean(scores) for method, scores in by_method.items()}
 
 
 def summary_markdown(rows: Sequence[SummaryRow]) -> str:

@@ -8,7 +8,8 @@
 A claimed sandbox leaves the pool for good: it is destroyed when its session ends, and the pool starts a
 replacement in the background. Pool sandboxes are ordinary sandboxes of ``config`` (same limits, same
 labels, reaped like any other); no model code runs in one before a session claims it. When none is ready,
-``claim`` returns a new, not yet started sandbox instead (a cold start), so callers never wait on the pool.
+``claim`` returns a new, not yet started sandbox instead (a cold start), unless the caller asks to wait for
+one being started.
 """
 
 from __future__ import annotations

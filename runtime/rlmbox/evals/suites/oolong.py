@@ -114,14 +114,19 @@ def classify(instance: str) -> str:
     raise ValueError(f"no class matches {instance!r}")
 
 
-def parse_records(context: str) -> list[Record]:
-    """Every record of a context, with its label inferred from its instance."""
+def parse_records(context: str, *, strict: bool = True) -> list[Record]:
+    """Every record of a context, with its label inferred from its instance. With ``strict`` False, a
+    record whose instance no class matches (a line cut short) is skipped instead of raising."""
     records = []
     for line in context.splitlines():
         match = _LINE.match(line)
         if match:
             day, user, instance = match.groups()
-            records.append(Record(day, user, classify(instance)))
+            try:
+                records.append(Record(day, user, classify(instance)))
+            except ValueError:
+                if strict:
+                    raise
     return records
 
 
