@@ -202,3 +202,71 @@ def test_a_model_the_run_did_not_configure_is_refused(runtime_dir, tmp_path, obs
     assert "LLMQueryError" in run.feedback[0] and "not configured for this run" in run.feedback[0]
     assert run.script.requests_for("gpt-5") == []
     observe("llm_query(model='openai/gpt-5')", "LLMQueryError: not configured for this run")
+
+
+def test_a_fan_out_of_child_rlms_past_the_budget_is_refused_whole(runtime_dir, tmp_path, observe):
+    bomb = """
+try:
+    rlm_query_batched(['spawn'] * 500)
+except BudgetExceededError as e:
+    print('REPORT:', repr(str(e)))
+"""
+    run = run_attack([bomb], runtime_dir, tmp_path, limits={"max_depth": 2})
+    assert "not enough budget left for 500 child RLM(s)" in run.report(0)
+    assert run.result.tree.node_count == 1 and run.result.sub_calls == 0  # nothing started, nothing held
+    assert run.survived and run.leftovers == []
+    observe(
+        "rlm_query_batched of 500 children",
+        "refused whole by the tree's iteration budget; no sandbox started",
+    )
+
+
+def test_contexts_that_are_not_json_never_leave_the_sandbox(runtime_dir, tmp_path, observe):
+    probes = """
+deep = []
+for _ in range(100_000):
+    deep = [deep]
+outcomes = []
+for value in (object(), {1, 2}, deep, [float('nan')]):
+    try:
+        rlm_query('x', context=value)
+    except TypeError as e:
+        outcomes.append(str(e)[:40])
+print('REPORT:', outcomes)
+"""
+    run = run_attack([probes], runtime_dir, tmp_path, limits={"max_depth": 2})
+    assert len(run.report(0)) == 4 and all("context must" in text for text in run.report(0))
+    assert run.result.tree.node_count == 1 and run.result.sub_calls == 0
+    assert run.survived and run.leftovers == []
+    observe("rlm_query contexts: an object, a set, 100,000-deep nesting, NaN", "TypeError in the cell")
+
+
+def test_a_cell_spinning_while_a_thread_keeps_the_bridge_busy_stops_at_the_deadline(
+    runtime_dir, tmp_path, observe
+):
+    # Time waiting for the host does not count against a cell's time limit, so a thread keeping a call
+    # in flight lets the cell spin past it; the run's wall-clock budget still ends it.
+    spin = """
+import threading
+def hammer():
+    while True:
+        llm_query('slow')
+threading.Thread(target=hammer, daemon=True).start()
+while True:
+    pass
+"""
+    run = run_attack(
+        [spin],
+        runtime_dir,
+        tmp_path,
+        sandbox={"cell_timeout_s": 1},
+        limits={"max_wall_s": 8},
+        sub_model=Reply(text="ok", delay_s=2),
+        probe=False,
+    )
+    assert (run.result.status, run.result.budget_limit) == ("budget_exhausted", "wall_time")
+    assert run.result.elapsed_s < 20 and run.leftovers == []
+    observe(
+        "a spinning cell whose thread keeps an llm_query in flight",
+        f"past its 1s cell limit, stopped by the 8s wall-clock budget ({run.result.elapsed_s:.1f}s)",
+    )

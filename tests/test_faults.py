@@ -93,7 +93,7 @@ def test_a_container_that_keeps_dying_ends_the_run_with_its_trajectory(runtime_d
         marker.unlink(missing_ok=True)
     assert run.result.status == "error" and run.result.error_type == "KernelDiedError"
     kinds = [e["event"] for e in run.events]
-    assert kinds[-2:] == ["kernel_died", "run_finished"] and "root_call" in kinds
+    assert kinds[-3:] == ["kernel_died", "node_finished", "run_finished"] and "root_call" in kinds
     assert run.leftovers == []
     observe(
         "container lost with no restarts left", f"status error ({run.result.error_type}); trajectory kept"

@@ -177,7 +177,16 @@ def test_trajectory_records_the_run_without_secrets(tmp_path):
     )
     result = RLM(config, sandbox=fake(), lm=lm).run("ctx", "q")
     kinds = [event["event"] for event in events(result)]
-    assert kinds == ["run_started", "system_prompt", "root_call", "cell", "root_call", "run_finished"]
+    assert kinds == [
+        "run_started",
+        "node_started",
+        "system_prompt",
+        "root_call",
+        "cell",
+        "root_call",
+        "node_finished",
+        "run_finished",
+    ]
     text = Path(result.trajectory).read_text()
     assert "sk-do-not-leak-123456" not in text
     assert events(result)[-1]["answer"] == "done"

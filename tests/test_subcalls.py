@@ -9,7 +9,8 @@ import pytest
 from rlmbox import BridgeError, BudgetExceeded, Limits, LLMError
 from rlmbox.ledger import Ledger
 from rlmbox.llm import Completion
-from rlmbox.subcalls import SubCallRouter
+from rlmbox.protocol import ChildQuery, QueryOutcome
+from rlmbox.subcalls import SpawnChild, SubCallRouter
 from rlmbox.trajectory import TrajectoryWriter
 
 
@@ -33,11 +34,20 @@ class FakeLM:
         return Completion(prompt.upper(), model, 400, 10, self.cost, self.delay, 1)
 
 
-def router(tmp_path, lm, limits: Limits, concurrency: int = 4) -> tuple[SubCallRouter, Ledger]:
+def router(
+    tmp_path, lm, limits: Limits, concurrency: int = 4, spawn: SpawnChild | None = None
+) -> tuple[SubCallRouter, Ledger]:
     ledger = Ledger(limits)
     writer = TrajectoryWriter(tmp_path / "t.jsonl").__enter__()
     return SubCallRouter(
-        lm, ledger, writer, default_model="sub", allowed_models={"sub", "root"}, max_concurrency=concurrency
+        lm,
+        ledger,
+        writer,
+        default_model="sub",
+        allowed_models={"sub", "root"},
+        model_calls=asyncio.Semaphore(concurrency),
+        max_prompt_chars=10_000,
+        spawn=spawn,
     ), ledger
 
 
@@ -98,7 +108,7 @@ def test_cancelled_calls_are_still_charged(tmp_path):
 def test_calls_after_the_run_ended_are_refused(tmp_path):
     r, ledger = router(tmp_path, FakeLM(), Limits())
     assert asyncio.run(r.llm_query(["before"], None))[0].text == "BEFORE"
-    r.close()
+    asyncio.run(r.aclose())
     with pytest.raises(BridgeError, match="the run has ended"):
         asyncio.run(r.llm_query(["after"], None))
     assert ledger.sub_calls == 1
@@ -111,10 +121,56 @@ def test_calls_waiting_their_turn_when_the_run_ends_are_not_made(tmp_path):
     async def main():
         batch = asyncio.ensure_future(r.llm_query(["first", "second", "third"], None))
         await lm.started.wait()
-        r.close()
+        await r.aclose()
         return await batch
 
     first, *waiting = asyncio.run(main())
     assert first.text == "FIRST"
     assert [o.error for o in waiting] == ["the run has ended: no more sub-calls"] * 2
     assert ledger.sub_calls == 1 and lm.peak == 1
+
+
+def test_at_the_depth_limit_rlm_query_asks_the_sub_model_with_the_context(tmp_path):
+    calls, ledger = router(tmp_path, FakeLM(), Limits())  # no spawn: this node is at the depth limit
+    queries = [ChildQuery(prompt="p", context={"k": 1}), ChildQuery(prompt="q", context="y" * 10_000)]
+    fits, too_long = asyncio.run(calls.rlm_query(queries, None))
+    assert fits.text == 'P\n\nCONTEXT:\n{"K": 1}'
+    assert not too_long.ok and "over the 10000-char limit of llm_query" in too_long.error
+    assert ledger.sub_calls == 1
+
+
+def test_children_get_loans_and_are_ended_with_their_parent(tmp_path):
+    loans: list[Ledger] = []
+    cleaned: list[int] = []
+
+    async def spawn(query, model, ledger, *, index, batch, iteration) -> QueryOutcome:
+        loans.append(ledger)
+        try:
+            await asyncio.Event().wait()  # a child still working when its parent ends
+        finally:
+            await asyncio.sleep(0.05)  # removing its sandbox takes a while
+            cleaned.append(index)
+        raise AssertionError("unreachable")
+
+    calls, ledger = router(tmp_path, FakeLM(), Limits(max_iterations=9, max_depth=2), spawn=spawn)
+
+    async def main() -> None:
+        batch = asyncio.ensure_future(calls.rlm_query([ChildQuery(prompt="a"), ChildQuery(prompt="b")], None))
+        await asyncio.sleep(0.01)
+        await calls.aclose()
+        assert sorted(cleaned) == [0, 1]  # aclose returned only once both children had cleaned up
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+
+    asyncio.run(main())
+    assert [loan.limits.max_iterations for loan in loans] == [2, 2] and ledger.sub_calls == 2
+
+
+def test_children_the_budget_cannot_fund_are_refused_and_not_counted(tmp_path):
+    async def spawn(*args, **kwargs) -> QueryOutcome:
+        raise AssertionError("no child may start")
+
+    calls, ledger = router(tmp_path, FakeLM(), Limits(max_iterations=3, max_depth=2), spawn=spawn)
+    with pytest.raises(BudgetExceeded, match="not enough budget left for 4 child RLM"):
+        asyncio.run(calls.rlm_query([ChildQuery(prompt="a")] * 4, None))
+    assert ledger.sub_calls == 0

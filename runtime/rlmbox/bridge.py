@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
@@ -20,11 +21,13 @@ import structlog
 from rlmbox._exceptions import BridgeError, BudgetExceeded, RLMBoxError
 from rlmbox.protocol import (
     MAX_REQUEST_BYTES,
+    ChildQuery,
     ErrorInfo,
     LLMQueryRequest,
     QueryOutcome,
     ReadyRequest,
     Response,
+    RLMQueryRequest,
     decode_request,
     encode_frame,
     read_frame_length,
@@ -46,6 +49,8 @@ class BridgeHandler(Protocol):
     """Answers the kernel's sub-model calls. Per-prompt failures go in the outcomes; raising refuses all."""
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]: ...
+
+    async def rlm_query(self, queries: list[ChildQuery], model: str | None) -> list[QueryOutcome]: ...
 
 
 class BridgeServer:
@@ -69,6 +74,9 @@ class BridgeServer:
         self._max_batch_size = max_batch_size
         self._max_request_bytes = max_request_bytes
         self._buffered_bytes = 0
+        self._answering = 0
+        self._busy_since = 0.0
+        self._busy_total = 0.0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -87,6 +95,15 @@ class BridgeServer:
         # The container user differs from the host user and must be able to connect; the session
         # directory (mode 0700 on the host) keeps other host users away.
         os.chmod(self.path, 0o666)
+
+    def busy_seconds(self) -> float:
+        """Seconds so far during which at least one request was being answered (the kernel was waiting)."""
+        ongoing = time.monotonic() - self._busy_since if self._answering else 0.0
+        return self._busy_total + ongoing
+
+    @property
+    def busy(self) -> bool:
+        return self._answering > 0
 
     async def aclose(self) -> None:
         """Stop accepting, cancel calls in flight, wait for them (bounded), remove the socket. Idempotent."""
@@ -164,14 +181,20 @@ class BridgeServer:
         return True
 
     async def _answer_unless_hung_up(
-        self, request: LLMQueryRequest, reader: asyncio.StreamReader
+        self, request: LLMQueryRequest | RLMQueryRequest, reader: asyncio.StreamReader
     ) -> Response | None:
         """Answer the request, cancelling it if the caller closes the connection (or sends out of turn)."""
         work = asyncio.ensure_future(self._answer(request))
         hangup = asyncio.ensure_future(reader.read(1))
+        if not self._answering:
+            self._busy_since = time.monotonic()
+        self._answering += 1
         try:
             await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._answering -= 1
+            if not self._answering:
+                self._busy_total += time.monotonic() - self._busy_since
             for task in (work, hangup):
                 if not task.done():
                     task.cancel("bridge caller hung up" if task is work else None)
@@ -181,18 +204,26 @@ class BridgeServer:
         hung_up = work.cancelled() or (hangup.done() and not hangup.cancelled())
         return None if hung_up else work.result()
 
-    async def _answer(self, request: LLMQueryRequest) -> Response:
+    async def _answer(self, request: LLMQueryRequest | RLMQueryRequest) -> Response:
         if self.handler is None:
-            return _refusal(request.id, "LLMQueryError", "llm_query is not available: no model is configured")
-        if len(request.prompts) > self._max_batch_size:
-            message = f"{len(request.prompts)} prompts exceed the batch limit of {self._max_batch_size}"
+            return _refusal(
+                request.id, "LLMQueryError", f"{request.op} is not available: no model is configured"
+            )
+        prompts = (
+            request.prompts if isinstance(request, LLMQueryRequest) else [q.prompt for q in request.queries]
+        )
+        if len(prompts) > self._max_batch_size:
+            message = f"{len(prompts)} prompts exceed the batch limit of {self._max_batch_size}"
             return _refusal(request.id, "ProtocolError", message)
-        longest = max(len(prompt) for prompt in request.prompts)
+        longest = max(len(prompt) for prompt in prompts)
         if longest > self._max_prompt_chars:
             message = f"prompt of {longest} chars exceeds the {self._max_prompt_chars}-char limit"
             return _refusal(request.id, "ProtocolError", message)
         try:
-            results = await self.handler.llm_query(list(request.prompts), request.model)
+            if isinstance(request, LLMQueryRequest):
+                results = await self.handler.llm_query(list(request.prompts), request.model)
+            else:
+                results = await self.handler.rlm_query(list(request.queries), request.model)
         except BudgetExceeded as exc:
             return _refusal(request.id, "BudgetExceededError", str(exc))
         except RLMBoxError as exc:

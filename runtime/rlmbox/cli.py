@@ -65,6 +65,22 @@ def _model_flags() -> argparse.ArgumentParser:
     group.add_argument("--max-tokens", type=int, metavar="N", help="token budget of the whole run")
     group.add_argument("--max-cost", type=float, metavar="USD", help="cost budget of the whole run")
     group.add_argument("--max-time", type=float, metavar="S", help="wall-clock budget of the whole run")
+    group.add_argument(
+        "--max-depth",
+        type=int,
+        metavar="N",
+        help="levels of RLMs (default 1): rlm_query starts children below",
+    )
+    group.add_argument("--max-sandboxes", type=int, metavar="N", help="sandboxes running at once in the tree")
+    group.add_argument(
+        "--child-share",
+        type=float,
+        metavar="F",
+        help="share of a node's remaining budget its children may take per rlm_query call (default 0.5)",
+    )
+    group.add_argument(
+        "--warm-sandboxes", type=int, metavar="N", help="sandboxes kept started for child RLMs (default 2)"
+    )
     group.add_argument("--trajectory", type=Path, metavar="PATH", help="where to write the JSONL trajectory")
     return flags
 
@@ -145,10 +161,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_tokens=get("max_tokens"),
             max_cost_usd=get("max_cost"),
             max_wall_s=get("max_time"),
+            max_depth=get("max_depth"),
+            max_sandboxes=get("max_sandboxes"),
+            child_share=get("child_share"),
         ),
     }
+    top = given(warm_sandboxes=get("warm_sandboxes"))
     try:
-        return Settings(**{name: values for name, values in sections.items() if values})
+        return Settings(**{name: values for name, values in sections.items() if values}, **top)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -255,9 +275,16 @@ def _report(result: RunResult, as_json: bool) -> int:
         if result.answer is not None:
             print(result.answer, flush=True)
         tokens = sum(u.prompt_tokens + u.completion_tokens for u in result.usage.values())
+        tree = result.tree
+        nodes = (
+            f"nodes: {tree.node_count} (depth {tree.depth_reached}, {tree.peak_sandboxes} sandboxes at once)"
+            if tree.node_count > 1
+            else ""
+        )
         print(
-            f"status: {result.status}  iterations: {result.iterations}  sub-calls: {result.sub_calls}  "
-            f"tokens: {tokens:,}  cost: ${result.cost_usd:.4f}  time: {result.elapsed_s:.1f}s\n"
+            f"status: {result.status}  {nodes + '  ' if nodes else ''}iterations: {result.iterations}  "
+            f"sub-calls: {result.sub_calls}  tokens: {tokens:,}  cost: ${result.cost_usd:.4f}  "
+            f"time: {result.elapsed_s:.1f}s\n"
             f"trajectory: {result.trajectory}",
             file=sys.stderr,
         )

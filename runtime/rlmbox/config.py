@@ -10,9 +10,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -106,7 +114,9 @@ class LLMSettings(BaseSettings):
     request_timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
     retry_backoff_s: float = Field(1.0, ge=0)
-    max_concurrency: int = Field(16, ge=1, le=1024, description="sub-calls in flight at once")
+    max_concurrency: int = Field(
+        16, ge=1, le=1024, description="model calls in flight at once, over the whole call tree"
+    )
 
     @property
     def effective_sub_model(self) -> str | None:
@@ -114,17 +124,33 @@ class LLMSettings(BaseSettings):
 
 
 class Limits(BaseModel):
-    """The run's budget, charged in one ledger."""
+    """The run's budget, charged in one ledger for the whole call tree (the root and its child RLMs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_iterations: int = Field(30, ge=1)
-    max_sub_calls: int = Field(1000, ge=0)
+    max_iterations: int = Field(30, ge=1, description="root-model turns, over the whole call tree")
+    max_sub_calls: int = Field(1000, ge=0, description="llm_query and rlm_query calls, over the tree")
     max_tokens: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)
     max_wall_s: float | None = Field(3600.0, gt=0)
     max_kernel_restarts: int = Field(3, ge=0)
     max_output_chars: int = Field(20_000, ge=200, description="cell output fed back to the root model")
+    max_depth: int = Field(
+        1, ge=1, le=16, description="levels of RLMs: 1 is the root alone; rlm_query starts children below it"
+    )
+    max_sandboxes: int = Field(8, ge=1, le=1024, description="sandboxes running at once in the tree")
+    child_share: float = Field(
+        0.5, gt=0, le=1, description="share of its remainder a node lends one rlm_query call's children"
+    )
+
+    @model_validator(mode="after")
+    def _room_for_every_level(self) -> Self:
+        if self.max_sandboxes < self.max_depth:
+            raise ValueError(
+                f"max_sandboxes ({self.max_sandboxes}) must be at least max_depth ({self.max_depth}): "
+                "each level of the tree needs a sandbox"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -138,3 +164,6 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     limits: Limits = Field(default_factory=Limits)
     trajectory_dir: Path = Path("rlmbox-runs")
+    warm_sandboxes: int = Field(
+        2, ge=0, le=64, description="sandboxes kept started for child RLMs when max_depth > 1"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
@@ -10,6 +11,7 @@ from rlmbox.parsing import truncate_middle
 from rlmbox.sandbox.base import CellResult
 
 __all__ = [
+    "Recursion",
     "context_summary",
     "describe_cell",
     "first_user_message",
@@ -50,13 +52,47 @@ def context_summary(context: Any) -> str:
     return f"`context` is a {type(context).__name__}."
 
 
-def system_prompt(context: Any, *, sub_model: str | None, sub_model_chars: int, max_output_chars: int) -> str:
+@dataclass(frozen=True)
+class Recursion:
+    """Where a node sits in the call tree: depth 1 is the root; children exist below ``max_depth``."""
+
+    depth: int = 1
+    max_depth: int = 1
+
+    def helpers(self) -> str:
+        """The lines of the system prompt on ``rlm_query`` (none when the tree is one level deep)."""
+        if self.max_depth == 1:
+            return ""
+        if self.depth >= self.max_depth:
+            return (
+                f"- `rlm_query(prompt, context=None)`: you are an RLM at depth {self.depth}, the deepest "
+                "allowed, so this is `llm_query` with the context appended to the prompt.\n"
+            )
+        return (
+            "- `rlm_query(prompt: str, context=None, model=None) -> str`: hand a sub-task to a child RLM, "
+            "which works like you in its own REPL where `context` is the value you pass (a str, list or "
+            "dict). Use it for sub-tasks too large or too hard for one `llm_query`; "
+            "`rlm_query_batched(prompts, contexts=None, model=None)` runs several children side by side. "
+            "Children spend from your budget. A failed child returns a string starting with "
+            f"'[rlm_query failed'. You are at depth {self.depth} of {self.max_depth}.\n"
+        )
+
+
+def system_prompt(
+    context: Any,
+    *,
+    sub_model: str | None,
+    sub_model_chars: int,
+    max_output_chars: int,
+    recursion: Recursion | None = None,
+) -> str:
     sub = (
         f"`llm_query` reaches the sub-model {sub_model}, which reads about {sub_model_chars:,} characters "
         "per call: send it chunks that size or smaller, and many at once with `llm_query_batched`."
         if sub_model
         else "No sub-model is configured: `llm_query` raises LLMQueryError."
     )
+    children = (recursion or Recursion()).helpers()
     return f"""You answer a query about a context that is far too large to read directly. It is loaded in a \
 Python REPL as the variable `context`; you see it only through code you run.
 
@@ -68,7 +104,7 @@ Variables persist between blocks and turns. In the REPL you also have:
 - `llm_query(prompt: str, model: str | None = None) -> str`: ask the sub-model one question.
 - `llm_query_batched(prompts: list[str], model=None) -> list[str]`: ask many questions concurrently; answers \
 come back in order; a failed item is a `QueryFailed` string describing the failure.
-- `SHOW_VARS()`: list your variables.
+{children}- `SHOW_VARS()`: list your variables.
 - `FINAL(answer)`: submit the final answer; `FINAL_VAR("name")`: submit the value of a variable.
 {sub}
 
@@ -102,8 +138,7 @@ def describe_cell(index: int, total: int, cell: CellResult, limit: int) -> str:
     return f"[cell {index}/{total}, {cell.duration_s:.2f}s]\n{truncate_middle(body, limit)}"
 
 
-def turn_feedback(descriptions: Sequence[str], iteration: int, max_iterations: int) -> str:
-    left = max_iterations - iteration
+def turn_feedback(descriptions: Sequence[str], left: int) -> str:
     return "\n\n".join([*descriptions, f"({left} turns left. Continue, or give your final answer.)"])
 
 

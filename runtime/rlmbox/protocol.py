@@ -15,7 +15,7 @@ import json
 import struct
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from rlmbox._exceptions import BridgeError
 
@@ -31,9 +31,11 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SESSION_FILE",
     "SESSION_MOUNT",
+    "ChildQuery",
     "ErrorInfo",
     "LLMQueryRequest",
     "QueryOutcome",
+    "RLMQueryRequest",
     "ReadyRequest",
     "Request",
     "Response",
@@ -84,7 +86,24 @@ class LLMQueryRequest(_Frame):
     model: str | None = Field(None, max_length=512)
 
 
-Request = Annotated[ReadyRequest | LLMQueryRequest, Field(discriminator="op")]
+class ChildQuery(_Frame):
+    """One child RLM's task: its query, and the value its REPL gets as ``context``."""
+
+    prompt: str
+    context: str | list[JsonValue] | dict[str, JsonValue] | None = None
+
+
+class RLMQueryRequest(_Frame):
+    """One or more child RLMs to run (or, at the depth limit, sub-model calls), answered in order."""
+
+    op: Literal["rlm_query"]
+    id: int = Field(ge=0)
+    token: str = Field(max_length=256)
+    queries: list[ChildQuery] = Field(min_length=1)
+    model: str | None = Field(None, max_length=512)
+
+
+Request = Annotated[ReadyRequest | LLMQueryRequest | RLMQueryRequest, Field(discriminator="op")]
 _REQUEST = TypeAdapter(Request)
 
 
@@ -137,7 +156,7 @@ async def read_frame_length(reader: asyncio.StreamReader, max_bytes: int) -> int
     return length
 
 
-def decode_request(body: bytes) -> ReadyRequest | LLMQueryRequest:
+def decode_request(body: bytes) -> ReadyRequest | LLMQueryRequest | RLMQueryRequest:
     """Parse and validate a request frame's body."""
     try:
         return _REQUEST.validate_json(body)

@@ -1,52 +1,77 @@
-"""Answers the kernel's ``llm_query`` calls: checks the model, charges the ledger, fans out concurrently."""
+"""Answers the kernel's ``llm_query`` and ``rlm_query`` calls: checks the model, charges the ledger, fans
+out concurrently, and starts child RLMs (or, at the depth limit, asks the sub-model instead)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Awaitable
+from typing import Protocol
 
 import structlog
 
 from rlmbox._exceptions import BridgeError, BudgetExceeded, LLMError
 from rlmbox.ledger import Charge, Ledger
 from rlmbox.llm import LMClient
-from rlmbox.protocol import QueryOutcome
-from rlmbox.trajectory import TrajectoryWriter, text_digest
+from rlmbox.protocol import ChildQuery, QueryOutcome
+from rlmbox.trajectory import EventLog, text_digest
 
-__all__ = ["SubCallRouter"]
+__all__ = ["SpawnChild", "SubCallRouter"]
 
 log = structlog.get_logger(__name__)
 
 RUN_ENDED = "the run has ended: no more sub-calls"
 
 
+class SpawnChild(Protocol):
+    """Runs one child RLM and returns its answer (or why there is none)."""
+
+    def __call__(
+        self, query: ChildQuery, model: str, ledger: Ledger, *, index: int, batch: int, iteration: int
+    ) -> Awaitable[QueryOutcome]: ...
+
+
 class SubCallRouter:
-    """The run's BridgeHandler. Only models the run configured may be named; each prompt is one sub-call."""
+    """A node's BridgeHandler. Only models the run configured may be named; each prompt is one sub-call.
+
+    ``model_calls`` caps the model calls in flight over the whole tree. ``spawn`` starts a child RLM; without
+    it (at the depth limit) ``rlm_query`` asks the sub-model, with the context appended to the prompt.
+    """
 
     def __init__(
         self,
         lm: LMClient,
         ledger: Ledger,
-        trajectory: TrajectoryWriter,
+        trajectory: EventLog,
         *,
         default_model: str | None,
         allowed_models: set[str],
-        max_concurrency: int,
+        model_calls: asyncio.Semaphore,
+        max_prompt_chars: int,
+        spawn: SpawnChild | None = None,
     ) -> None:
         self._lm = lm
         self._ledger = ledger
         self._trajectory = trajectory
         self._default_model = default_model
         self._allowed = allowed_models
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self._limit = model_calls
+        self._max_prompt_chars = max_prompt_chars
+        self._spawn = spawn
+        self._children: set[asyncio.Future[QueryOutcome]] = set()
         self._closed = False
         self.iteration = 0
 
-    def close(self) -> None:
-        """Refuse every later call: the run is over."""
+    async def aclose(self) -> None:
+        """Refuse every later call (the node is over) and end its children: cancelled, sandboxes removed."""
         self._closed = True
+        for child in self._children:
+            child.cancel()
+        while self._children:
+            await asyncio.gather(*self._children, return_exceptions=True)
 
-    async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
+    def _choose(self, model: str | None) -> str:
         if self._closed:
             raise BridgeError(RUN_ENDED)
         chosen = model or self._default_model
@@ -55,6 +80,51 @@ class SubCallRouter:
         if chosen not in self._allowed:
             allowed = ", ".join(sorted(self._allowed))
             raise BridgeError(f"model {chosen!r} is not configured for this run (allowed: {allowed})")
+        return chosen
+
+    async def rlm_query(self, queries: list[ChildQuery], model: str | None) -> list[QueryOutcome]:
+        chosen = self._choose(model)
+        if self._spawn is None:
+            return await self._fall_back(queries, chosen)
+        self._ledger.reserve_sub_calls(len(queries))
+        try:
+            ledgers = self._ledger.lend(len(queries))
+        except BudgetExceeded:
+            self._ledger.release_sub_calls(len(queries))
+            raise
+        batch = len(queries)
+        children = [
+            asyncio.ensure_future(
+                self._spawn(query, chosen, ledger, index=i, batch=batch, iteration=self.iteration)
+            )
+            for i, (query, ledger) in enumerate(zip(queries, ledgers, strict=True))
+        ]
+        self._children.update(children)
+        for child in children:
+            child.add_done_callback(self._children.discard)
+        # Cancelling this call (the caller hung up, the node ended) cancels the children and waits for them.
+        return list(await asyncio.gather(*children))
+
+    async def _fall_back(self, queries: list[ChildQuery], model: str) -> list[QueryOutcome]:
+        """At the depth limit: one sub-model call per query, its context appended to its prompt."""
+        prompts = [_with_context(query) for query in queries]
+        fits = [i for i, prompt in enumerate(prompts) if len(prompt) <= self._max_prompt_chars]
+        outcomes = [
+            QueryOutcome(
+                ok=False,
+                error=f"prompt and context come to {len(prompt)} chars, over the {self._max_prompt_chars}-"
+                "char limit of llm_query (rlm_query is llm_query at the depth limit)",
+            )
+            for prompt in prompts
+        ]
+        if fits:
+            answers = await self.llm_query([prompts[i] for i in fits], model)
+            for i, answer in zip(fits, answers, strict=True):
+                outcomes[i] = answer
+        return outcomes
+
+    async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
+        chosen = self._choose(model)
         self._ledger.reserve_sub_calls(len(prompts))
         batch = len(prompts)
         # A TaskGroup: if one call fails unexpectedly, the others are cancelled rather than left spending.
@@ -114,3 +184,10 @@ class SubCallRouter:
             prompt=text_digest(prompt),
             **outcome,
         )
+
+
+def _with_context(query: ChildQuery) -> str:
+    if query.context is None:
+        return query.prompt
+    text = query.context if isinstance(query.context, str) else json.dumps(query.context, ensure_ascii=False)
+    return f"{query.prompt}\n\nContext:\n{text}"

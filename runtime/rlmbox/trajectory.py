@@ -13,9 +13,9 @@ import os
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
-__all__ = ["TrajectoryWriter", "text_digest"]
+__all__ = ["EventLog", "NodeLog", "TrajectoryWriter", "text_digest"]
 
 PREVIEW_CHARS = 2_000
 
@@ -28,6 +28,12 @@ def text_digest(text: str, preview_chars: int = PREVIEW_CHARS) -> dict[str, Any]
         "preview": text[:preview_chars],
         "truncated": len(text) > preview_chars,
     }
+
+
+class EventLog(Protocol):
+    """Where a run's events go: ``write("cell", iteration=1, ...)``."""
+
+    def write(self, event: str, **fields: Any) -> None: ...
 
 
 class TrajectoryWriter:
@@ -56,3 +62,18 @@ class TrajectoryWriter:
         record = {"event": event, "time": round(time.time(), 3), **fields}
         self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._handle.flush()
+
+    def for_node(self, node: str) -> NodeLog:
+        """The events of one node of the call tree: each is written with ``node`` set to its id."""
+        return NodeLog(self, node)
+
+
+class NodeLog:
+    """A TrajectoryWriter's view for one node of the call tree."""
+
+    def __init__(self, writer: TrajectoryWriter, node: str) -> None:
+        self._writer = writer
+        self.node = node
+
+    def write(self, event: str, **fields: Any) -> None:
+        self._writer.write(event, node=self.node, **fields)

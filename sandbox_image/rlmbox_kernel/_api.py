@@ -1,4 +1,4 @@
-"""What model-written code sees in the REPL: ``context``, ``llm_query``, ``FINAL`` and friends."""
+"""What model-written code sees in the REPL: ``context``, ``llm_query``, ``rlm_query``, ``FINAL``..."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ class BudgetExceededError(LLMQueryError):
 
 
 class QueryFailed(str):
-    """One failed item of ``llm_query_batched``: a string describing the failure, with ``.error``."""
+    """A failed item of ``llm_query_batched`` or of ``rlm_query``: a string describing the failure, with
+    ``.error``."""
 
     error: str
 
-    def __new__(cls, error: str) -> QueryFailed:
-        item = super().__new__(cls, f"[llm_query failed: {error}]")
+    def __new__(cls, error: str, call: str = "llm_query") -> QueryFailed:
+        item = super().__new__(cls, f"[{call} failed: {error}]")
         item.error = error
         return item
 
@@ -69,6 +70,17 @@ def _as_answer(value: Any) -> str:
         return repr(value)
 
 
+def _check_context(value: Any) -> None:
+    """A child's context crosses the bridge as JSON: None, a str, or a list or dict of JSON values."""
+    if value is not None and not isinstance(value, str | list | dict):
+        raise TypeError(f"a context must be a str, list, dict or None, not {type(value).__name__}")
+    if isinstance(value, list | dict):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise TypeError(f"a context must hold only JSON values: {exc}") from None
+
+
 def _describe(value: Any) -> str:
     kind = type(value).__name__
     try:
@@ -78,11 +90,14 @@ def _describe(value: Any) -> str:
 
 
 def _query_functions(session: dict[str, Any], bridge: BridgeClient) -> tuple[Callable[..., Any], ...]:
-    """``llm_query`` and ``llm_query_batched``, checking the session's limits before anything is sent."""
+    """``llm_query``, ``rlm_query`` and their batched forms, checking the session's limits before anything
+    is sent."""
     max_prompt_chars: int = session["max_prompt_chars"]
     max_batch_size: int = session["max_batch_size"]
 
-    def _query(prompts: list[str], model: str | None) -> list[dict[str, Any]]:
+    def _check(prompts: list[str], model: str | None) -> None:
+        if len(prompts) > max_batch_size:
+            raise LLMQueryError(f"{len(prompts)} prompts exceed the batch limit of {max_batch_size}")
         for prompt in prompts:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompts must be str, not {type(prompt).__name__}")
@@ -92,14 +107,20 @@ def _query_functions(session: dict[str, Any], bridge: BridgeClient) -> tuple[Cal
                 )
         if model is not None and not isinstance(model, str):
             raise TypeError("model must be a str or None")
+
+    def _send(op: str, **fields: Any) -> list[dict[str, Any]]:
         try:
-            response = bridge.request("llm_query", prompts=prompts, model=model)
+            response = bridge.request(op, **fields)
         except ValueError as exc:
             raise LLMQueryError(f"{exc}; send fewer or shorter prompts per call") from None
         if not response.get("ok"):
             error = response.get("error") or {}
             raise _ERRORS.get(error.get("type"), LLMQueryError)(error.get("message", "llm_query failed"))
         return response["results"]
+
+    def _query(prompts: list[str], model: str | None) -> list[dict[str, Any]]:
+        _check(prompts, model)
+        return _send("llm_query", prompts=prompts, model=model)
 
     def llm_query(prompt: str, model: str | None = None) -> str:
         """Ask the sub-model one question; returns its answer. Raises LLMQueryError on failure."""
@@ -113,18 +134,44 @@ def _query_functions(session: dict[str, Any], bridge: BridgeClient) -> tuple[Cal
         items = list(prompts)
         if not items:
             return []
-        if len(items) > max_batch_size:
-            raise LLMQueryError(f"{len(items)} prompts exceed the batch limit of {max_batch_size}")
         outcomes = _query(items, model)
         return [o["text"] if o["ok"] else QueryFailed(o.get("error") or "unknown error") for o in outcomes]
 
-    return llm_query, llm_query_batched
+    def rlm_query_batched(
+        prompts: Sequence[str], contexts: Sequence[Any] | None = None, model: str | None = None
+    ) -> list[str]:
+        """Hand several sub-tasks to child RLMs running side by side, each with its own REPL whose `context`
+        is the matching item of ``contexts``; answers come back in order. A failed child is a QueryFailed."""
+        items = list(prompts)
+        values = [None] * len(items) if contexts is None else list(contexts)
+        if len(values) != len(items):
+            raise ValueError(f"{len(items)} prompts but {len(values)} contexts")
+        if not items:
+            return []
+        _check(items, model)
+        for value in values:
+            _check_context(value)
+        queries = [{"prompt": p, "context": c} for p, c in zip(items, values, strict=True)]
+        outcomes = _send("rlm_query", queries=queries, model=model)
+        return [
+            o["text"] if o["ok"] else QueryFailed(o.get("error") or "unknown error", "rlm_query")
+            for o in outcomes
+        ]
+
+    def rlm_query(prompt: str, context: Any = None, model: str | None = None) -> str:
+        """Hand a sub-task to a child RLM with its own REPL, where `context` is ``context``; returns its
+        answer, or a QueryFailed string saying why there is none. At the depth limit this is llm_query
+        with the context appended to the prompt."""
+        (answer,) = rlm_query_batched([prompt], [context], model)
+        return answer
+
+    return llm_query, llm_query_batched, rlm_query, rlm_query_batched
 
 
 def build_namespace(session: dict[str, Any], session_dir: Path, user_ns: dict[str, Any]) -> dict[str, Any]:
     """The names to add to the REPL, bound to this session's bridge and limits."""
     bridge = BridgeClient(str(session_dir / BRIDGE_SOCKET), session["token"], session["max_request_bytes"])
-    llm_query, llm_query_batched = _query_functions(session, bridge)
+    llm_query, llm_query_batched, rlm_query, rlm_query_batched = _query_functions(session, bridge)
     max_final_chars: int = session["max_final_chars"]
 
     def FINAL(answer: Any) -> None:
@@ -159,6 +206,8 @@ def build_namespace(session: dict[str, Any], session_dir: Path, user_ns: dict[st
     helpers: dict[str, Callable[..., Any] | type] = {
         "llm_query": llm_query,
         "llm_query_batched": llm_query_batched,
+        "rlm_query": rlm_query,
+        "rlm_query_batched": rlm_query_batched,
         "FINAL": FINAL,
         "FINAL_VAR": FINAL_VAR,
         "SHOW_VARS": SHOW_VARS,

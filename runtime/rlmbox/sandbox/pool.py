@@ -45,6 +45,7 @@ class SandboxPool:
         self._closed = False
         self.claimed = 0
         self.cold_starts = 0
+        self.started = 0  # sandboxes the pool itself started
 
     async def __aenter__(self) -> Self:
         self.fill()
@@ -126,6 +127,7 @@ class SandboxPool:
         except Exception as exc:
             log.warning("pool.start_failed", error=str(exc))
             return
+        self.started += 1
         if self._closed:
             with contextlib.suppress(Exception):
                 await sandbox.aclose()

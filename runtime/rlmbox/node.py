@@ -1,0 +1,405 @@
+"""One RLM of the call tree: its sandbox, its turn loop, and the child RLMs its code starts.
+
+Each turn: ask the node's root model, run the reply's ```repl blocks in order in the sandbox, feed back their
+(truncated) outputs. A final answer (``FINAL``/``FINAL_VAR`` in code or in the reply's prose) ends the node;
+so do the ledger's limits (status ``budget_exhausted``, with the best partial answer) and errors (``error``).
+A child's outcome goes back to its parent's code as a string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import structlog
+from pydantic import BaseModel
+from structlog.contextvars import bound_contextvars
+
+from rlmbox._exceptions import BudgetExceeded, KernelDiedError, RLMBoxError
+from rlmbox.ledger import Charge, Ledger
+from rlmbox.llm import context_window_chars
+from rlmbox.parsing import extract_code_blocks, find_text_final, strip_code_blocks
+from rlmbox.prompts import (
+    Recursion,
+    describe_cell,
+    first_user_message,
+    kernel_restarted_message,
+    last_chance_message,
+    no_code_reminder,
+    system_prompt,
+    turn_feedback,
+)
+from rlmbox.protocol import ChildQuery, QueryOutcome
+from rlmbox.sandbox.base import ContextInput, SandboxBackend
+from rlmbox.subcalls import SubCallRouter
+from rlmbox.trajectory import NodeLog, text_digest
+from rlmbox.tree import CallTree, NodeStatus, NodeSummary
+
+__all__ = ["Node", "NodeOutcome", "context_digest"]
+
+log = structlog.get_logger(__name__)
+
+
+class NodeOutcome(BaseModel):
+    status: NodeStatus
+    answer: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    budget_limit: str | None = None
+
+    def for_parent(self, node_id: str) -> QueryOutcome:
+        """What the parent's code gets from ``rlm_query``: the answer, or why there is none."""
+        if self.status == "completed":
+            return QueryOutcome(ok=True, text=self.answer or "")
+        error = f"the child RLM {node_id} stopped ({self.status}: {self.error})"
+        if self.answer:
+            error += f"; its partial answer: {self.answer}"
+        return QueryOutcome(ok=False, error=error)
+
+
+class Node:
+    """One RLM: ``query`` over ``context``, driven by ``model``, spending from ``ledger``."""
+
+    def __init__(
+        self,
+        tree: CallTree,
+        *,
+        node_id: str,
+        parent_id: str | None,
+        query: str,
+        context: ContextInput,
+        model: str,
+        ledger: Ledger,
+    ) -> None:
+        self.tree = tree
+        self.id = node_id
+        self.parent_id = parent_id
+        self.depth = ledger.depth
+        self.query = query
+        self.context = context
+        self.model = model
+        self.ledger = ledger
+        self.log: NodeLog = tree.trajectory.for_node(node_id)
+        self._child_numbers = itertools.count(1)
+        self._deadline: asyncio.Timeout | None = None
+        self._stopped: BudgetExceeded | None = None
+        self._turns: _Turns | None = None
+
+    def stop(self, reason: BudgetExceeded) -> None:
+        """End this node's turns now (the tree's budget is spent); it reports ``budget_exhausted``."""
+        self._stopped = reason
+        if self._deadline is not None and not self._deadline.expired():
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+
+    async def run(self, **origin: Any) -> NodeOutcome:
+        """Run to an outcome. Raises for what the caller must see: a sandbox that would not start (the
+        root's caller reports it), a cancellation (recorded as such)."""
+        self.log.write(
+            "node_started",
+            parent=self.parent_id,
+            depth=self.depth,
+            model=self.model,
+            query=text_digest(self.query),
+            context=context_digest(self.context),
+            limits=self.ledger.limits.model_dump(mode="json"),
+            **origin,
+        )
+        started = time.monotonic()
+        outcome: NodeOutcome | None = None
+        try:
+            with bound_contextvars(node=self.id):
+                async with self.tree.slots.hold(self.depth):
+                    outcome = await self._run()
+            return outcome
+        except asyncio.CancelledError:
+            # Cancelled by a parent that the tree's budget stopped too: still a budget stop, not a cancel.
+            stopped = self._stopped
+            outcome = (
+                self._stopped_by(stopped) if stopped else NodeOutcome(status="cancelled", error="cancelled")
+            )
+            raise
+        except RLMBoxError as exc:
+            outcome = _failure(exc)
+            raise
+        finally:
+            self.ledger.close()
+            self._record(outcome or NodeOutcome(status="error", error="internal error"), started)
+
+    def _record(self, outcome: NodeOutcome, started: float) -> None:
+        summary = NodeSummary(
+            id=self.id,
+            parent=self.parent_id,
+            depth=self.depth,
+            model=self.model,
+            status=outcome.status,
+            iterations=self.ledger.iterations,
+            sub_calls=self.ledger.sub_calls,
+            tokens=self.ledger.tokens,
+            elapsed_s=round(time.monotonic() - started, 3),
+            error=outcome.error,
+            budget_limit=outcome.budget_limit,
+        )
+        self.tree.nodes.append(summary)
+        self.log.write(
+            "node_finished",
+            **summary.model_dump(exclude={"id", "parent", "depth", "model"}),
+            answer=None if outcome.answer is None else text_digest(outcome.answer),
+        )
+
+    async def _run(self) -> NodeOutcome:
+        tree, ledger = self.tree, self.ledger
+        llm = tree.settings.llm
+        limits = tree.settings.limits
+        sub_model = llm.effective_sub_model
+        assert sub_model is not None
+        router = SubCallRouter(
+            tree.lm,
+            ledger,
+            self.log,
+            default_model=sub_model,
+            allowed_models={m for m in (llm.model, sub_model) if m},
+            model_calls=tree.model_calls,
+            max_prompt_chars=tree.settings.sandbox.max_prompt_chars,
+            spawn=self._child if self.depth < limits.max_depth else None,
+        )
+        messages = [
+            {
+                "role": "system",
+                "content": system_prompt(
+                    self.context,
+                    sub_model=sub_model,
+                    sub_model_chars=context_window_chars(sub_model),
+                    max_output_chars=limits.max_output_chars,
+                    recursion=Recursion(depth=self.depth, max_depth=limits.max_depth),
+                ),
+            },
+            {"role": "user", "content": first_user_message(self.query)},
+        ]
+        self.log.write("system_prompt", text=messages[0]["content"])
+        # Nothing may fail or wait between getting the sandbox and entering it (a warm one is running).
+        sandbox = await tree.sandbox_for(self.depth, self.context, router)
+        self._turns = turns = _Turns(self, router, sandbox)
+        try:
+            async with sandbox:
+                try:
+                    # The wall clock bounds the turns, not the clean-up; stop() moves the deadline to now.
+                    async with asyncio.timeout(ledger.remaining_s()) as self._deadline:
+                        self.tree.running.add(self)
+                        return await turns.loop(messages)
+                finally:
+                    self.tree.running.discard(self)
+                    # Code still running in the sandbox (a thread, say) may not spend more, and no child
+                    # outlives its parent: they are cancelled and their sandboxes removed first.
+                    await router.aclose()
+        except TimeoutError as exc:
+            if self._deadline is None or not self._deadline.expired():
+                return _failure(exc)
+            return self._stopped_by(
+                self._stopped
+                or BudgetExceeded(
+                    f"ran out of the {limits.max_wall_s:g}s wall-clock budget", limit="wall_time"
+                )
+            )
+        except BudgetExceeded as exc:
+            return self._stopped_by(exc)
+        except RLMBoxError as exc:
+            return _failure(exc)
+        finally:
+            self.tree.kernel_restarts += turns.restarts
+
+    def _stopped_by(self, reason: BudgetExceeded) -> NodeOutcome:
+        return NodeOutcome(
+            status="budget_exhausted",
+            answer=self._turns.partial_answer if self._turns else None,
+            error=str(reason),
+            budget_limit=reason.limit,
+        )
+
+    async def _child(
+        self, query: ChildQuery, model: str, ledger: Ledger, *, index: int, batch: int, iteration: int
+    ) -> QueryOutcome:
+        """Run one child RLM for this node's code; whatever happens to it comes back as an outcome."""
+        child_id = f"{self.id}.{next(self._child_numbers)}"
+        child = Node(
+            self.tree,
+            node_id=child_id,
+            parent_id=self.id,
+            query=query.prompt,
+            context=query.context,
+            model=model,
+            ledger=ledger,
+        )
+        try:
+            outcome = await child.run(parent_iteration=iteration, index=index, batch=batch)
+        except RLMBoxError as exc:  # its sandbox did not start, say
+            outcome = _failure(exc)
+        except Exception as exc:  # a bug must not take the parent (or the child's siblings) down
+            log.exception("node.child_failed", child=child_id)
+            outcome = _failure(exc)
+        return outcome.for_parent(child_id)
+
+
+class _Turns:
+    """The turn loop of one node, with the state it keeps between turns."""
+
+    def __init__(self, node: Node, router: SubCallRouter, sandbox: SandboxBackend) -> None:
+        self.node = node
+        self.limits = node.tree.settings.limits
+        self.ledger = node.ledger
+        self.log = node.log
+        self.router = router
+        self.sandbox = sandbox
+        self.partial_answer: str | None = None
+        self.restarts = 0
+        self.turn = 0
+
+    def turns_left(self) -> int:
+        available = self.ledger.available("iterations")
+        return int(available) if available is not None else 0
+
+    async def loop(self, messages: list[dict[str, str]]) -> NodeOutcome:
+        while self.ledger.has_iterations():
+            self.ledger.start_iteration()
+            self.turn += 1
+            self.router.iteration = iteration = self.turn
+            with bound_contextvars(iteration=iteration):
+                reply = await self._ask_root(messages, iteration)
+                messages.append({"role": "assistant", "content": reply})
+                if prose := strip_code_blocks(reply).strip():
+                    self.partial_answer = prose
+                final, feedback = await self._run_reply(reply, iteration)
+                if final is not None:
+                    return NodeOutcome(status="completed", answer=final)
+                messages.append({"role": "user", "content": feedback})
+        return await self._last_chance(messages)
+
+    async def _ask_root(self, messages: list[dict[str, str]], iteration: int) -> str:
+        model = self.node.model
+        async with self.node.tree.model_calls:
+            completion = await self.node.tree.lm.complete(
+                model, messages, timeout_s=self.ledger.remaining_s()
+            )
+        self.ledger.record(Charge.of(completion))
+        self.log.write(
+            "root_call",
+            iteration=iteration,
+            model=model,
+            messages=len(messages),
+            prompt_chars=sum(len(m["content"]) for m in messages),
+            new_message=text_digest(messages[-1]["content"]),
+            reply=completion.text,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=completion.cost_usd,
+            attempts=completion.attempts,
+            duration_s=round(completion.duration_s, 4),
+        )
+        return completion.text
+
+    async def _run_reply(self, reply: str, iteration: int) -> tuple[str | None, str]:
+        """Run the reply's code blocks; returns (final answer or None, feedback for the next turn)."""
+        blocks = extract_code_blocks(reply)
+        limit = self.limits.max_output_chars // max(1, len(blocks))
+        descriptions: list[str] = []
+        for index, code in enumerate(blocks, start=1):
+            try:
+                cell = await self.sandbox.execute(code)
+            except KernelDiedError as exc:
+                descriptions.append(await self._recover_kernel(exc, iteration, index, code))
+                break
+            self.log.write(
+                "cell",
+                iteration=iteration,
+                index=index,
+                code=code,
+                stdout=text_digest(cell.stdout, 20_000),
+                stderr=text_digest(cell.stderr, 5_000),
+                result=cell.result,
+                error=None
+                if cell.error is None
+                else {"ename": cell.error.ename, "evalue": cell.error.evalue},
+                final=cell.final,
+                duration_s=round(cell.duration_s, 4),
+                timed_out=cell.timed_out,
+                kernel_restarted=cell.kernel_restarted,
+            )
+            if cell.final is not None:
+                return cell.final, ""
+            descriptions.append(describe_cell(index, len(blocks), cell, limit))
+        text_final = find_text_final(reply)
+        if text_final is not None:
+            try:
+                answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+            except KernelDiedError as exc:
+                descriptions.append(
+                    await self._recover_kernel(exc, iteration, 0, f"FINAL_VAR({text_final.variable!r})")
+                )
+                return None, turn_feedback(descriptions, self.turns_left())
+            if answer is not None:
+                return answer, ""
+            descriptions.append(f"[FINAL_VAR({text_final.variable}): no such variable in the REPL]")
+        if not blocks and text_final is None:
+            return None, no_code_reminder()
+        return None, turn_feedback(descriptions, self.turns_left())
+
+    async def _resolve_text_final(self, answer: str | None, variable: str | None) -> str | None:
+        """The answer written in prose, or the value of the variable it names (None if there is none)."""
+        if variable is None:
+            return answer
+        cell = await self.sandbox.execute(f"FINAL_VAR({variable!r})")
+        self.log.write("final_var", variable=variable, found=cell.final is not None)
+        return cell.final
+
+    async def _recover_kernel(self, exc: KernelDiedError, iteration: int, index: int, code: str) -> str:
+        self.restarts += 1
+        self.log.write(
+            "kernel_died", iteration=iteration, index=index, code=code, reason=str(exc), oom=exc.oom
+        )
+        if self.restarts > self.limits.max_kernel_restarts:
+            raise KernelDiedError(f"{exc} (and the kernel was already restarted {self.restarts - 1} times)")
+        log.warning("run.kernel_restart", reason=str(exc))
+        await self.sandbox.restart()
+        return kernel_restarted_message(str(exc))
+
+    async def _last_chance(self, messages: list[dict[str, str]]) -> NodeOutcome:
+        """Out of iterations: ask once more for the best answer so far, without running code."""
+        limit = self.ledger.limits.max_iterations
+        try:
+            self.ledger.check()
+            reply = await self._ask_root(
+                [*messages, {"role": "user", "content": last_chance_message()}], self.turn + 1
+            )
+        except (BudgetExceeded, RLMBoxError):
+            reply = ""
+        text_final = find_text_final(reply)
+        answer = None
+        if text_final is not None:
+            try:
+                answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+            except RLMBoxError:
+                answer = None
+        if answer is not None:
+            self.partial_answer = answer
+        elif text_final is None and (prose := strip_code_blocks(reply).strip()):
+            self.partial_answer = prose
+        return NodeOutcome(
+            status="budget_exhausted",
+            answer=self.partial_answer,
+            error=f"reached the limit of {limit} iterations",
+            budget_limit="iterations",
+        )
+
+
+def _failure(exc: BaseException) -> NodeOutcome:
+    return NodeOutcome(status="error", error=str(exc), error_type=type(exc).__name__)
+
+
+def context_digest(context: Any) -> dict[str, Any]:
+    """A few facts about a context for the trajectory, never the context itself."""
+    if isinstance(context, str):
+        return {"type": "str", **text_digest(context, 200)}
+    if isinstance(context, list | dict):
+        return {"type": type(context).__name__, "items": len(context)}
+    return {"type": type(context).__name__}
