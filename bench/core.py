@@ -205,7 +205,8 @@ def router_for(lm: Any, scratch: Path, concurrency: int = 16) -> SubCallRouter:
         writer,
         default_model=SUB_MODEL,
         allowed_models={SUB_MODEL},
-        max_concurrency=concurrency,
+        model_calls=asyncio.Semaphore(concurrency),
+        max_prompt_chars=SandboxConfig().max_prompt_chars,
     )
 
 
@@ -368,7 +369,8 @@ def bench_real_stack(results: Results, config: SandboxConfig, scratch: Path) -> 
                 writer,
                 default_model=SUB_MODEL,
                 allowed_models={SUB_MODEL},
-                max_concurrency=settings.max_concurrency,
+                model_calls=asyncio.Semaphore(settings.max_concurrency),
+                max_prompt_chars=config.max_prompt_chars,
             )
             loop = LLM_QUERY_LOOP.format(calls=results.calls, answer=ANSWER)
             batch = LLM_QUERY_BATCHED.format(batch=results.batch, answer=ANSWER)

@@ -21,6 +21,7 @@ from rlmbox._exceptions import (
 from rlmbox.config import VERSION, Limits, LLMSettings, SandboxConfig, Settings
 from rlmbox.rlm import RLM, RunResult
 from rlmbox.sandbox import AsyncSandbox, CellError, CellResult, FakeSandbox, Sandbox, SandboxPool
+from rlmbox.tree import NodeSummary, TreeSummary
 
 __version__ = VERSION
 
@@ -44,6 +45,7 @@ __all__ = [
     "LLMSettings",
     "LLMTimeoutError",
     "Limits",
+    "NodeSummary",
     "RLMBoxError",
     "RunResult",
     "Sandbox",
@@ -53,5 +55,6 @@ __all__ = [
     "SandboxStartError",
     "SandboxStartTimeout",
     "Settings",
+    "TreeSummary",
     "__version__",
 ]

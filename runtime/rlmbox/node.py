@@ -178,6 +178,10 @@ class Node:
             {"role": "user", "content": first_user_message(self.query)},
         ]
         self.log.write("system_prompt", text=messages[0]["content"])
+        try:
+            ledger.check()  # the tree may have spent its budget while this node waited for a sandbox
+        except BudgetExceeded as exc:
+            return self._stopped_by(exc)
         # Nothing may fail or wait between getting the sandbox and entering it (a warm one is running).
         sandbox = await tree.sandbox_for(self.depth, self.context, router)
         self._turns = turns = _Turns(self, router, sandbox)

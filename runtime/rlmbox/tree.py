@@ -20,7 +20,7 @@ from rlmbox.bridge import BridgeHandler
 from rlmbox.config import Settings
 from rlmbox.ledger import Ledger, ModelUsage
 from rlmbox.llm import LMClient
-from rlmbox.sandbox.base import ContextInput, SandboxBackend
+from rlmbox.sandbox.base import ContextInput, SandboxBackend, SandboxState
 from rlmbox.sandbox.facade import create_backend
 from rlmbox.sandbox.pool import SandboxPool
 from rlmbox.trajectory import TrajectoryWriter
@@ -158,9 +158,8 @@ class CallTree:
             self._root_sandbox.context, self._root_sandbox.handler = context, handler
             return self._root_sandbox
         if self._pool is not None:
-            cold_before = self._pool.cold_starts
             sandbox = await self._pool.claim(context, handler, wait=self._wait_for_pool)
-            if self._pool.cold_starts == cold_before:
+            if sandbox.state is SandboxState.RUNNING:  # a warm one; a cold one is not started yet
                 self.warm_claims += 1
             else:
                 self.cold_starts += 1
