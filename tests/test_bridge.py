@@ -11,7 +11,7 @@ import pytest
 
 from rlmbox import BudgetExceeded
 from rlmbox.bridge import BridgeServer
-from rlmbox.protocol import QueryOutcome, encode_frame
+from rlmbox.protocol import ChildQuery, QueryOutcome, encode_frame
 
 TOKEN = "t0ken"
 
@@ -32,6 +32,9 @@ class Echo:
             self.cancelled.set()
             raise
         return [QueryOutcome(ok=True, text=p.upper()) for p in prompts]
+
+    async def rlm_query(self, queries: list[ChildQuery], model: str | None) -> list[QueryOutcome]:
+        return [QueryOutcome(ok=True, text=f"{q.prompt}:{json.dumps(q.context)}") for q in queries]
 
 
 class Broke:
@@ -76,6 +79,17 @@ def test_answers_a_query_in_order(tmp_path):
     }
 
 
+def test_child_queries_reach_the_handler_with_their_contexts(tmp_path):
+    async def main():
+        async with serve(tmp_path, Echo()) as bridge:
+            queries = [{"prompt": "a", "context": {"k": [1, None]}}, {"prompt": "b"}]
+            request = {"op": "rlm_query", "id": 4, "token": TOKEN, "queries": queries}
+            return await talk(bridge.path, frame(request))
+
+    response = asyncio.run(main())
+    assert [r["text"] for r in response["results"]] == ['a:{"k": [1, null]}', "b:null"]
+
+
 def test_socket_is_connectable_by_another_user_and_removed_on_close(tmp_path):
     async def main():
         bridge = serve(tmp_path, Echo())
@@ -104,6 +118,11 @@ def test_wrong_token_is_refused(tmp_path):
         b"not json",
         b'{"op": "rm -rf", "id": 1, "token": "t0ken"}',
         b'{"op": "llm_query", "id": 1, "token": "t0ken"}',
+        b'{"op": "rlm_query", "id": 1, "token": "t0ken", "queries": [{"prompt": "p", "context": 5}]}',
+        b'{"op": "rlm_query", "id": 1, "token": "t0ken", "queries": [{"prompt": "p", "context": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}]}",
     ],
 )
 def test_malformed_requests_get_a_protocol_error(tmp_path, body):
