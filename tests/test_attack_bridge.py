@@ -241,11 +241,11 @@ print('REPORT:', outcomes)
     observe("rlm_query contexts: an object, a set, 100,000-deep nesting, NaN", "TypeError in the cell")
 
 
-def test_a_cell_spinning_while_a_thread_keeps_the_bridge_busy_stops_at_the_deadline(
+def test_a_cell_spinning_while_a_thread_keeps_the_bridge_busy_is_still_cut_off(
     runtime_dir, tmp_path, observe
 ):
-    # Time waiting for the host does not count against a cell's time limit, so a thread keeping a call
-    # in flight lets the cell spin past it; the run's wall-clock budget still ends it.
+    # Time waiting for the host does not count against a cell's time limit, up to ten times the limit; so a
+    # thread keeping a call in flight buys the spinning cell at most that, even with no wall-clock budget.
     spin = """
 import threading
 def hammer():
@@ -259,14 +259,14 @@ while True:
         [spin],
         runtime_dir,
         tmp_path,
-        sandbox={"cell_timeout_s": 1},
-        limits={"max_wall_s": 8},
+        sandbox={"cell_timeout_s": 1, "interrupt_grace_s": 2},
+        limits={"max_wall_s": None},
         sub_model=Reply(text="ok", delay_s=2),
-        probe=False,
     )
-    assert (run.result.status, run.result.budget_limit) == ("budget_exhausted", "wall_time")
-    assert run.result.elapsed_s < 20 and run.leftovers == []
+    (cell, _probe) = run.cells()
+    assert cell["timed_out"] and 10 <= cell["duration_s"] < 20
+    assert run.survived and run.leftovers == []
     observe(
-        "a spinning cell whose thread keeps an llm_query in flight",
-        f"past its 1s cell limit, stopped by the 8s wall-clock budget ({run.result.elapsed_s:.1f}s)",
+        "a spinning cell whose thread keeps an llm_query in flight, no wall-clock budget",
+        f"interrupted after {cell['duration_s']:.1f}s: its 1s limit plus at most 10x that of waiting",
     )

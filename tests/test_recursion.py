@@ -293,3 +293,25 @@ def test_cli_json_result_has_the_tree_totals(runtime_dir, tmp_path):
     assert tree["usage_by_depth"]["2"][SUB]["calls"] == 2
     assert [node["id"] for node in tree["nodes"]] == ["1", "1.1", "1.2"]
     assert rlmbox_containers(runtime_dir) == []
+
+
+def test_the_trees_deadline_stops_every_node_as_out_of_budget(runtime_dir, tmp_path):
+    script = TreeScript(
+        {
+            "top": [repl("parts = rlm_query_batched(['sleepy 0', 'sleepy 1'])", "Fanned out.")],
+            "sleepy": [repl("import time\ntime.sleep(60)", "Sleeping.")],
+        }
+    )
+    with ScriptedOpenAIServer(script) as server:
+        result = RLM(tree_settings(server, runtime_dir, tmp_path, max_wall_s=6)).run("ctx", "top")
+    assert (result.status, result.budget_limit, result.answer) == (
+        "budget_exhausted",
+        "wall_time",
+        "Fanned out.",
+    )
+    assert [(n.id, n.status, n.budget_limit) for n in result.tree.nodes] == [
+        ("1", "budget_exhausted", "wall_time"),
+        ("1.1", "budget_exhausted", "wall_time"),
+        ("1.2", "budget_exhausted", "wall_time"),
+    ]
+    assert rlmbox_containers(runtime_dir) == []

@@ -174,3 +174,21 @@ def test_children_the_budget_cannot_fund_are_refused_and_not_counted(tmp_path):
     with pytest.raises(BudgetExceeded, match="not enough budget left for 4 child RLM"):
         asyncio.run(calls.rlm_query([ChildQuery(prompt="a")] * 4, None))
     assert ledger.sub_calls == 0
+
+
+def test_children_cancelled_before_they_ran_give_their_loans_back(tmp_path):
+    async def spawn(*args, **kwargs) -> QueryOutcome:
+        raise AssertionError("cancelled before it ran")
+
+    calls, ledger = router(tmp_path, FakeLM(), Limits(max_iterations=9, max_depth=2), spawn=spawn)
+
+    async def main() -> None:
+        batch = asyncio.ensure_future(calls.rlm_query([ChildQuery(prompt="a"), ChildQuery(prompt="b")], None))
+        await asyncio.sleep(0)  # the children are scheduled, not started
+        assert ledger.available("iterations") == 9 - 2 * 2
+        await calls.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+
+    asyncio.run(main())
+    assert ledger.available("iterations") == 9

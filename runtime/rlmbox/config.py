@@ -128,7 +128,9 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_iterations: int = Field(30, ge=1, description="root-model turns, over the whole call tree")
+    max_iterations: int = Field(
+        30, ge=1, description="turns that run code, over the whole call tree (plus one last answer a node)"
+    )
     max_sub_calls: int = Field(1000, ge=0, description="llm_query and rlm_query calls, over the tree")
     max_tokens: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)

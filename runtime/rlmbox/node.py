@@ -41,6 +41,9 @@ __all__ = ["Node", "NodeOutcome", "context_digest"]
 
 log = structlog.get_logger(__name__)
 
+# A node cancelled this close to the tree's deadline was cancelled by a parent whose time was up.
+TIME_UP_S = 0.05
+
 
 class NodeOutcome(BaseModel):
     status: NodeStatus
@@ -115,7 +118,9 @@ class Node:
             return outcome
         except asyncio.CancelledError:
             # Cancelled by a parent that the tree's budget stopped too: still a budget stop, not a cancel.
-            stopped = self._stopped
+            remaining = self.ledger.remaining_s()
+            out_of_time = remaining is not None and remaining < TIME_UP_S
+            stopped = self._stopped or self.tree.stopped or (self._wall_time_spent() if out_of_time else None)
             outcome = (
                 self._stopped_by(stopped) if stopped else NodeOutcome(status="cancelled", error="cancelled")
             )
@@ -200,18 +205,17 @@ class Node:
         except TimeoutError as exc:
             if self._deadline is None or not self._deadline.expired():
                 return _failure(exc)
-            return self._stopped_by(
-                self._stopped
-                or BudgetExceeded(
-                    f"ran out of the {limits.max_wall_s:g}s wall-clock budget", limit="wall_time"
-                )
-            )
+            return self._stopped_by(self._stopped or self._wall_time_spent())
         except BudgetExceeded as exc:
             return self._stopped_by(exc)
         except RLMBoxError as exc:
             return _failure(exc)
         finally:
             self.tree.kernel_restarts += turns.restarts
+
+    def _wall_time_spent(self) -> BudgetExceeded:
+        max_wall_s = self.tree.settings.limits.max_wall_s
+        return BudgetExceeded(f"ran out of the {max_wall_s:g}s wall-clock budget", limit="wall_time")
 
     def _stopped_by(self, reason: BudgetExceeded) -> NodeOutcome:
         return NodeOutcome(

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 
@@ -100,10 +100,16 @@ class SubCallRouter:
             for i, (query, ledger) in enumerate(zip(queries, ledgers, strict=True))
         ]
         self._children.update(children)
-        for child in children:
+        for child, ledger in zip(children, ledgers, strict=True):
             child.add_done_callback(self._children.discard)
+            # A child cancelled before it ever ran still gives its loan back.
+            child.add_done_callback(lambda _, loan=ledger: loan.close())
         # Cancelling this call (the caller hung up, the node ended) cancels the children and waits for them.
-        return list(await asyncio.gather(*children))
+        outcomes = await asyncio.gather(*children, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):  # a child cancelled by aclose: the node is ending
+                raise outcome
+        return cast(list[QueryOutcome], outcomes)
 
     async def _fall_back(self, queries: list[ChildQuery], model: str) -> list[QueryOutcome]:
         """At the depth limit: one sub-model call per query, its context appended to its prompt."""

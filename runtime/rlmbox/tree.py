@@ -140,6 +140,7 @@ class CallTree:
         self.model_calls = asyncio.Semaphore(settings.llm.max_concurrency)
         self.nodes: list[NodeSummary] = []
         self.running: set[Stoppable] = set()
+        self.stopped: BudgetExceeded | None = None  # why stop_all stopped the tree
         self._pool = pool
         self._wait_for_pool = wait_for_pool
         self._root_sandbox = root_sandbox
@@ -149,6 +150,7 @@ class CallTree:
 
     def stop_all(self, reason: BudgetExceeded) -> None:
         """The tree's budget is spent: every running node stops now, with its partial answer."""
+        self.stopped = reason
         for node in list(self.running):
             node.stop(reason)
 

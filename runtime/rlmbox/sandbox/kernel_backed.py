@@ -43,8 +43,10 @@ T = TypeVar("T")
 # host looks whether the kernel still runs, and how long a dead kernel's exit report may take.
 LOST_GRACE_S = 0.2
 EXIT_REPORT_TIMEOUT_S = 10.0
-# How often a cell past its time limit is looked at again while it waits for the host's answer.
+# How often a cell past its time limit is looked at again while it waits for the host's answer, and how
+# much waiting (as a multiple of the cell's limit) is not counted against the limit.
 WAITING_SLICE_S = 0.5
+MAX_WAITING_FACTOR = 10
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -203,15 +205,16 @@ class KernelBackedSandbox(SandboxBackend):
 
     async def _execute(self, code: str, timeout: float) -> CellResult:
         """Run a cell; its time limit counts its own time, not time spent waiting for the host to answer
-        its llm_query and rlm_query calls (the run's wall-clock budget bounds those)."""
+        its llm_query and rlm_query calls, up to MAX_WAITING_FACTOR times the limit."""
         assert self._kernel is not None and self._bridge is not None
         bridge = self._bridge
         started = time.perf_counter()
         waited_before = bridge.busy_seconds()
         cell = await self._race_exit(self._kernel.execute(code, timeout))
         while not cell.completed:
-            own = time.perf_counter() - started - (bridge.busy_seconds() - waited_before)
-            if own >= timeout and not bridge.busy:
+            waited = min(bridge.busy_seconds() - waited_before, MAX_WAITING_FACTOR * timeout)
+            own = time.perf_counter() - started - waited
+            if own >= timeout and not (bridge.busy and waited < MAX_WAITING_FACTOR * timeout):
                 break
             await self._race_exit(self._kernel.finish(cell, max(timeout - own, WAITING_SLICE_S)))
         if cell.completed:
