@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 # Written inside the venv after a successful install; the install re-runs when pyproject.toml changes.
 INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
 
-.PHONY: help install docker base-image image demo test security-report bench soak lint clean clean-all
+.PHONY: help install browser docker base-image image demo test security-report bench soak lint clean clean-all
 
 help: ## List the targets
 	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -34,6 +34,9 @@ $(INSTALL_STAMP): pyproject.toml
 	"$(VENV)/bin/pip" install --disable-pip-version-check -e '.[dev]'
 	@touch "$@"
 
+browser: ## Make sure Chromium is installed for the viewer's browser test (Debian's chromium, as root)
+	@bash scripts/ensure-chromium.sh
+
 docker: ## Make sure a Docker engine answers (installs and starts docker.io as root on Debian/Ubuntu)
 	@bash scripts/ensure-docker.sh
 
@@ -46,8 +49,8 @@ image: docker ## Build the sandbox image rlmbox-sandbox:VERSION (skipped when pr
 demo: install docker image ## Run the demo (rlmbox demo ARGS) after setting up everything it needs
 	"$(VENV)/bin/rlmbox" demo $(ARGS)
 
-# Without Docker (and outside CI) the tests that need it are skipped; in CI a missing engine fails.
-test: install ## Run the tests (sets up Docker and the image first when it can)
+# Without Docker or Chromium (and outside CI) the tests that need them are skipped; in CI they fail.
+test: install ## Run the tests (sets up Docker, the image and Chromium first when it can)
 	@if bash scripts/ensure-docker.sh; then \
 		$(MAKE) --no-print-directory image; \
 	elif [ "$${CI:-}" = true ]; then \
@@ -56,6 +59,9 @@ test: install ## Run the tests (sets up Docker and the image first when it can)
 	else \
 		echo "make test: note: no Docker engine; the tests that need Docker will be skipped" >&2; \
 	fi
+	@bash scripts/ensure-chromium.sh || { \
+		if [ "$${CI:-}" = true ]; then echo "make test: error: CI needs Chromium for the browser test" >&2; exit 1; fi; \
+		echo "make test: note: no Chromium; the viewer's browser test will be skipped" >&2; }
 	RLMBOX_SECURITY_REPORT=build/security-report.json "$(VENV)/bin/pytest" $(PYTEST_ARGS)
 
 security-report: install docker image ## Run the escape suite and regenerate the attack table in docs/SECURITY.md

@@ -1,5 +1,6 @@
-"""Shared fixtures. Tests marked ``docker`` need the engine and the sandbox image: they fail when either is
-missing in CI (``CI=true``) and are skipped elsewhere, saying why."""
+"""Shared fixtures. Tests marked ``docker`` need the engine and the sandbox image, and tests using the
+``chromium`` fixture need Chromium and Playwright: they fail when one is missing in CI (``CI=true``) and are
+skipped elsewhere, saying why."""
 
 from __future__ import annotations
 
@@ -45,6 +46,32 @@ def _docker_gate(request: pytest.FixtureRequest) -> None:
     if IN_CI:
         pytest.fail(f"Docker tests must run in CI: {problem}")
     pytest.skip(problem)
+
+
+CHROMIUM = os.environ.get("RLMBOX_CHROMIUM", "/usr/bin/chromium")
+
+
+@functools.cache
+def browser_problem() -> str | None:
+    """Why browser tests cannot run here, or None when they can."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is missing (make install)"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (run scripts/ensure-chromium.sh, or set RLMBOX_CHROMIUM)"
+    return None
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The system Chromium for Playwright: fails in CI when missing, skips elsewhere."""
+    problem = browser_problem()
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"browser tests must run in CI: {problem}")
+        pytest.skip(problem)
+    return CHROMIUM
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ def test_children_get_loans_and_are_ended_with_their_parent(tmp_path):
     loans: list[Ledger] = []
     cleaned: list[int] = []
 
-    async def spawn(query, model, ledger, *, index, batch, iteration) -> QueryOutcome:
+    async def spawn(query, model, ledger, *, index, batch, iteration, cell) -> QueryOutcome:
         loans.append(ledger)
         try:
             await asyncio.Event().wait()  # a child still working when its parent ends

@@ -1,4 +1,4 @@
-"""The ``rlmbox`` command: run, exec, demo, eval, doctor.
+"""The ``rlmbox`` command: run, exec, demo, eval, view, doctor.
 
 Flags become a ``Settings`` (flags > ``RLMBOX_*`` environment > defaults); expected errors become one line
 on stderr and a non-zero exit code, decided in one place (``main``). ``--debug`` adds tracebacks.
@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     from rlmbox.evals.command import add_eval_arguments
 
     add_eval_arguments(evaluate)
+
+    view = commands.add_parser("view", help="a trajectory as a self-contained HTML page")
+    view.add_argument("trajectory", type=Path, metavar="TRAJECTORY.jsonl")
+    view.add_argument("--out", type=Path, metavar="PAGE.html", help="default: the trajectory's name, .html")
+    view.add_argument("--open", action="store_true", help="open the page in the default browser")
+    view.set_defaults(json=False, verbose=False, debug=False)
 
     doctor = commands.add_parser(
         "doctor", parents=[sandbox], help="check that this machine can run sandboxes"
@@ -256,7 +262,21 @@ async def _eval(args: argparse.Namespace) -> int:
     return await eval_command(args, settings_from_args(args))
 
 
-COMMANDS = {"run": _run, "exec": _exec, "demo": _demo, "eval": _eval, "doctor": _doctor}
+async def _view(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from rlmbox.viewer import write_page
+
+    page, skipped = write_page(args.trajectory, args.out)
+    if skipped:
+        print(f"rlmbox view: {skipped} unreadable line(s) skipped (a run cut short?)", file=sys.stderr)
+    print(page)
+    if args.open:
+        webbrowser.open(page.absolute().as_uri())
+    return 0
+
+
+COMMANDS = {"run": _run, "exec": _exec, "demo": _demo, "eval": _eval, "view": _view, "doctor": _doctor}
 
 
 def _read_code(source: str) -> str:

@@ -226,7 +226,15 @@ class Node:
         )
 
     async def _child(
-        self, query: ChildQuery, model: str, ledger: Ledger, *, index: int, batch: int, iteration: int
+        self,
+        query: ChildQuery,
+        model: str,
+        ledger: Ledger,
+        *,
+        index: int,
+        batch: int,
+        iteration: int,
+        cell: int,
     ) -> QueryOutcome:
         """Run one child RLM for this node's code; whatever happens to it comes back as an outcome."""
         child_id = f"{self.id}.{next(self._child_numbers)}"
@@ -240,7 +248,7 @@ class Node:
             ledger=ledger,
         )
         try:
-            outcome = await child.run(parent_iteration=iteration, index=index, batch=batch)
+            outcome = await child.run(parent_iteration=iteration, parent_cell=cell, index=index, batch=batch)
         except RLMBoxError as exc:  # its sandbox did not start, say
             outcome = _failure(exc)
         except Exception as exc:  # a bug must not take the parent (or the child's siblings) down
@@ -312,6 +320,7 @@ class _Turns:
         limit = self.limits.max_output_chars // max(1, len(blocks))
         descriptions: list[str] = []
         for index, code in enumerate(blocks, start=1):
+            self.router.cell = index
             try:
                 cell = await self.sandbox.execute(code)
             except KernelDiedError as exc:
@@ -356,6 +365,7 @@ class _Turns:
         """The answer written in prose, or the value of the variable it names (None if there is none)."""
         if variable is None:
             return answer
+        self.router.cell = 0
         cell = await self.sandbox.execute(f"FINAL_VAR({variable!r})")
         self.log.write("final_var", variable=variable, found=cell.final is not None)
         return cell.final

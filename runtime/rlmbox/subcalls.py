@@ -28,7 +28,15 @@ class SpawnChild(Protocol):
     """Runs one child RLM and returns its answer (or why there is none)."""
 
     def __call__(
-        self, query: ChildQuery, model: str, ledger: Ledger, *, index: int, batch: int, iteration: int
+        self,
+        query: ChildQuery,
+        model: str,
+        ledger: Ledger,
+        *,
+        index: int,
+        batch: int,
+        iteration: int,
+        cell: int,
     ) -> Awaitable[QueryOutcome]: ...
 
 
@@ -61,7 +69,9 @@ class SubCallRouter:
         self._spawn = spawn
         self._children: set[asyncio.Future[QueryOutcome]] = set()
         self._closed = False
+        # The turn and the cell running now: sub-calls and children are recorded against them.
         self.iteration = 0
+        self.cell = 0
 
     async def aclose(self) -> None:
         """Refuse every later call (the node is over) and end its children: cancelled, sandboxes removed."""
@@ -95,7 +105,9 @@ class SubCallRouter:
         batch = len(queries)
         children = [
             asyncio.ensure_future(
-                self._spawn(query, chosen, ledger, index=i, batch=batch, iteration=self.iteration)
+                self._spawn(
+                    query, chosen, ledger, index=i, batch=batch, iteration=self.iteration, cell=self.cell
+                )
             )
             for i, (query, ledger) in enumerate(zip(queries, ledgers, strict=True))
         ]
@@ -184,6 +196,7 @@ class SubCallRouter:
         self._trajectory.write(
             "sub_call",
             iteration=self.iteration,
+            cell=self.cell,
             model=model,
             index=index,
             batch=batch,
