@@ -1,4 +1,4 @@
-"""The ``rlmbox`` command: run, exec, demo, eval, view, doctor.
+"""The ``rlmbox`` command: run, exec, demo, eval, serve, view, doctor.
 
 Flags become a ``Settings`` (flags > ``RLMBOX_*`` environment > defaults); expected errors become one line
 on stderr and a non-zero exit code, decided in one place (``main``). ``--debug`` adds tracebacks.
@@ -117,6 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     from rlmbox.evals.command import add_eval_arguments
 
     add_eval_arguments(evaluate)
+
+    serve = commands.add_parser(
+        "serve", parents=[models, sandbox], help="an RLM behind the OpenAI chat-completions API"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8321, help="port (default 8321; 0 picks a free one)")
+    serve.add_argument(
+        "--token",
+        action="append",
+        metavar="T",
+        help="a bearer token clients must send (repeatable; also RLMBOX_SERVE_TOKENS, comma-separated; "
+        "default: a random one, printed at start)",
+    )
+    serve.add_argument(
+        "--allow-model",
+        action="append",
+        metavar="M",
+        help="a root model clients may name as rlmbox/M (repeatable; default: --model)",
+    )
+    serve.add_argument("--max-runs", type=int, default=4, help="runs at once; more get 429 (default 4)")
+    serve.add_argument("--max-body", default="64m", metavar="SIZE", help="largest request body (default 64m)")
+    serve.add_argument(
+        "--timeout", type=float, default=600.0, metavar="S", help="time limit of one run (default 600)"
+    )
 
     view = commands.add_parser("view", help="a trajectory as a self-contained HTML page")
     view.add_argument("trajectory", type=Path, metavar="TRAJECTORY.jsonl")
@@ -276,7 +300,58 @@ async def _view(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "exec": _exec, "demo": _demo, "eval": _eval, "view": _view, "doctor": _doctor}
+async def _serve(args: argparse.Namespace) -> int:
+    import os
+    import secrets
+
+    from pydantic import ValidationError
+
+    from rlmbox.config import parse_size
+    from rlmbox.server import ServeOptions, serve
+
+    settings = settings_from_args(args)
+    tokens = list(args.token or []) + [
+        t.strip() for t in os.environ.get("RLMBOX_SERVE_TOKENS", "").split(",") if t.strip()
+    ]
+    if not tokens:
+        tokens = [secrets.token_urlsafe(24)]
+        print(f"rlmbox serve: no --token given; clients must send this one: {tokens[0]}", file=sys.stderr)
+    models = set(args.allow_model or []) | ({settings.llm.model} if settings.llm.model else set())
+    if not models:
+        raise ConfigError(
+            "rlmbox serve needs a root model: --model or --allow-model (e.g. openai/gpt-5-mini)"
+        )
+    try:
+        options = ServeOptions(
+            tokens=frozenset(tokens),
+            models=frozenset(models),
+            max_runs=args.max_runs,
+            max_body_bytes=parse_size(args.max_body),
+            timeout_s=args.timeout,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid serve option: {exc}") from exc
+
+    def ready(url: str) -> None:
+        served = ", ".join(f"rlmbox/{m}" for m in sorted(models))
+        print(f"rlmbox serve: listening on {url}/v1 (models: {served})", file=sys.stderr, flush=True)
+
+    try:
+        await serve(settings, options, args.host, args.port, ready)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    return 0
+
+
+COMMANDS = {
+    "run": _run,
+    "exec": _exec,
+    "demo": _demo,
+    "eval": _eval,
+    "serve": _serve,
+    "view": _view,
+    "doctor": _doctor,
+}
 
 
 def _read_code(source: str) -> str:

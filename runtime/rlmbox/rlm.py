@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel
@@ -34,6 +34,7 @@ __all__ = ["RLM", "RunResult", "RunStatus"]
 
 log = structlog.get_logger(__name__)
 
+EventListener = Callable[[dict[str, Any]], None]
 RunStatus = Literal["completed", "budget_exhausted", "error"]
 
 
@@ -81,12 +82,29 @@ class RLM:
         self._sandbox = sandbox
         self._lm = lm
 
-    def run(self, context: ContextInput, query: str, *, trajectory: Path | None = None) -> RunResult:
+    def run(
+        self,
+        context: ContextInput,
+        query: str,
+        *,
+        trajectory: Path | None = None,
+        on_event: EventListener | None = None,
+    ) -> RunResult:
         """Blocking twin of ``arun``."""
-        return asyncio.run(self.arun(context, query, trajectory=trajectory))
+        return asyncio.run(self.arun(context, query, trajectory=trajectory, on_event=on_event))
 
-    async def arun(self, context: ContextInput, query: str, *, trajectory: Path | None = None) -> RunResult:
-        """Answer ``query`` about ``context``; the context is only ever seen by code in a sandbox."""
+    async def arun(
+        self,
+        context: ContextInput,
+        query: str,
+        *,
+        trajectory: Path | None = None,
+        on_event: EventListener | None = None,
+    ) -> RunResult:
+        """Answer ``query`` about ``context``; the context is only ever seen by code in a sandbox.
+
+        ``on_event`` is called with every trajectory event as it is written (live progress); it must be
+        quick and must not raise."""
         ensure_logging()
         llm = self.settings.llm
         if not llm.model:
@@ -96,7 +114,7 @@ class RLM:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         path = (trajectory or self.settings.trajectory_dir / f"{run_id}.jsonl").absolute()
         ledger = Ledger(self.settings.limits)
-        with TrajectoryWriter(path) as writer, bound_contextvars(run_id=run_id):
+        with TrajectoryWriter(path, on_event) as writer, bound_contextvars(run_id=run_id):
             writer.write(
                 "run_started",
                 run_id=run_id,

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -39,8 +40,9 @@ class EventLog(Protocol):
 class TrajectoryWriter:
     """Appends events to a JSONL file; ``with TrajectoryWriter(path) as t: t.write("event", ...)``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
+        self.listener = listener  # also told of every event (live progress), after it is written
         self._handle: Any = None
 
     def __enter__(self) -> Self:
@@ -62,6 +64,8 @@ class TrajectoryWriter:
         record = {"event": event, "time": round(time.time(), 3), **fields}
         self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._handle.flush()
+        if self.listener is not None:
+            self.listener(record)
 
     def for_node(self, node: str) -> NodeLog:
         """The events of one node of the call tree: each is written with ``node`` set to its id."""

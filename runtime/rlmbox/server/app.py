@@ -1,0 +1,289 @@
+"""``rlmbox serve``: an RLM behind the OpenAI chat-completions API: any OpenAI client can use it as a model.
+
+    POST /v1/chat/completions   {"model": "rlmbox/openai/gpt-5-mini", "messages": [...], "context": ...}
+    GET  /v1/models
+
+Every request needs one of the server's bearer tokens. At most ``max_runs`` runs at once (more get 429),
+bodies are capped at ``max_body_bytes`` (413), each run at ``timeout_s`` (it then ends as budget exhausted,
+with its partial answer). A client that disconnects cancels its run: the run's containers are removed.
+Errors are OpenAI-style JSON bodies. The server keeps a warm pool of sandboxes for its runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlmbox import _exceptions
+from rlmbox.config import Settings
+from rlmbox.rlm import RLM, RunResult
+from rlmbox.sandbox.pool import SandboxPool
+from rlmbox.server.schema import (
+    MODEL_PREFIX,
+    ChatRequest,
+    completion,
+    completion_chunk,
+    error_body,
+    new_id,
+    usage,
+)
+
+__all__ = ["RLMService", "ServeOptions"]
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROGRESS_EVENTS = {"node_started", "root_call", "cell", "node_finished"}
+
+
+class ServeOptions(BaseModel):
+    """What the server accepts: its tokens, its root models, and its caps."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tokens: frozenset[str] = Field(min_length=1)
+    models: frozenset[str] = Field(min_length=1, description="root models clients may name")
+    max_runs: int = Field(4, ge=1)
+    max_body_bytes: int = Field(64 * 2**20, ge=1024)
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.code = status, kind, code
+
+
+class RLMService:
+    """The web application and the state its requests share (the warm pool, the count of runs)."""
+
+    def __init__(self, settings: Settings, options: ServeOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.active = 0
+        self._pool: SandboxPool | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.options.max_body_bytes, middlewares=[self._errors, self._auth]
+        )
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.cleanup_ctx.append(self._warm_pool)
+        return app
+
+    async def _warm_pool(self, app: web.Application) -> AsyncIterator[None]:
+        async with SandboxPool(self.settings.sandbox, self.settings.warm_sandboxes) as self._pool:
+            yield
+
+    # -- middleware ----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every failure as an OpenAI-style JSON error body."""
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            return _error(exc.status, str(exc), exc.kind, exc.code)
+        except _exceptions.ConfigError as exc:
+            return _error(400, str(exc), "invalid_request_error")
+        except _exceptions.RLMBoxError as exc:
+            refused = _refusal_for(exc)
+            return _error(refused.status, str(refused), refused.kind, refused.code)
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.options.max_body_bytes
+            return _error(413, f"request body over the {limit}-byte limit", "invalid_request_error")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _error(exc.status, exc.reason, "invalid_request_error")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        given = header.removeprefix("Bearer ").strip().encode()
+        if not header.startswith("Bearer ") or not any(
+            hmac.compare_digest(given, token.encode()) for token in self.options.tokens
+        ):
+            raise _Refused(
+                401, "a valid bearer token is required", "invalid_request_error", "invalid_api_key"
+            )
+        return await handler(request)
+
+    # -- endpoints -----------------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": MODEL_PREFIX + model, "object": "model", "created": 0, "owned_by": "rlmbox"}
+            for model in sorted(self.options.models)
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            chat = ChatRequest.model_validate_json(body)
+            query, context = chat.query_and_context()
+        except (ValidationError, ValueError) as exc:
+            raise _Refused(400, _first_error(exc), "invalid_request_error") from None
+        if not chat.model.startswith(MODEL_PREFIX) or chat.root_model not in self.options.models:
+            names = ", ".join(MODEL_PREFIX + m for m in sorted(self.options.models))
+            message = f"model {chat.model!r} is not served here (served: {names})"
+            raise _Refused(404, message, "invalid_request_error", "model_not_found")
+        if self.active >= self.options.max_runs:
+            raise _Refused(
+                429,
+                f"{self.options.max_runs} runs are already in progress; retry later",
+                "rate_limit_exceeded",
+            )
+        self.active += 1
+        try:
+            rlm = RLM(self._settings_for(chat.root_model), pool=self._pool)
+            if chat.stream:
+                return await self._stream(request, chat, rlm, query, context)
+            result = await rlm.arun(context, query)
+            return web.json_response(_completion(new_id(), chat.model, result))
+        finally:
+            self.active -= 1
+
+    def _settings_for(self, root_model: str) -> Settings:
+        llm = self.settings.llm.model_copy(update={"model": root_model})
+        wall = self.settings.limits.max_wall_s
+        limits = self.settings.limits.model_copy(
+            update={
+                "max_wall_s": self.options.timeout_s if wall is None else min(wall, self.options.timeout_s)
+            }
+        )
+        return self.settings.model_copy(update={"llm": llm, "limits": limits})
+
+    @staticmethod
+    async def _progress(
+        run: asyncio.Future[RunResult],
+        progress: asyncio.Queue[dict[str, Any]],
+        send: Callable[[dict[str, Any] | str], Awaitable[None]],
+        request_id: str,
+        model: str,
+    ) -> None:
+        await send(completion_chunk(request_id, model, {"role": "assistant", "content": ""}))
+        while not run.done() or not progress.empty():
+            update = asyncio.ensure_future(progress.get())
+            await asyncio.wait({run, update}, return_when=asyncio.FIRST_COMPLETED)
+            if not update.done():
+                update.cancel()
+                continue
+            await send(completion_chunk(request_id, model, {}, rlmbox_progress=update.result()))
+
+    async def _stream(
+        self, request: web.Request, chat: ChatRequest, rlm: RLM, query: str, context: Any
+    ) -> web.StreamResponse:
+        """Progress chunks (an empty delta and an ``rlmbox_progress`` field) while the run goes, then the
+        answer as content, the finish reason, the usage if asked for, and ``[DONE]``."""
+        request_id, model = new_id(), chat.model
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        progress: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        counts = {"turns": 0, "cells": 0, "sub_calls": 0, "nodes": 0}
+        started = time.monotonic()
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event["event"]
+            counts["turns"] += kind == "root_call"
+            counts["cells"] += kind == "cell"
+            counts["sub_calls"] += kind == "sub_call"
+            counts["nodes"] += kind == "node_started"
+            if kind in PROGRESS_EVENTS:
+                progress.put_nowait(
+                    {
+                        "event": kind,
+                        "node": event.get("node"),
+                        **counts,
+                        "elapsed_s": round(time.monotonic() - started, 2),
+                    }
+                )
+
+        async def send(payload: dict[str, Any] | str) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+            await response.write(f"data: {data}\n\n".encode())
+
+        run = asyncio.ensure_future(rlm.arun(context, query, on_event=on_event))
+        try:
+            await self._progress(run, progress, send, request_id, model)
+            body = _completion(request_id, model, run.result())
+        except (_Refused, _exceptions.RLMBoxError) as exc:
+            refused = exc if isinstance(exc, _Refused) else _refusal_for(exc)
+            await send(error_body(str(refused), refused.kind, refused.code))  # as OpenAI streams do
+        else:
+            await send(
+                completion_chunk(request_id, model, {"content": body["choices"][0]["message"]["content"]})
+            )
+            extra = {"rlmbox": body["rlmbox"]}
+            await send(completion_chunk(request_id, model, {}, body["choices"][0]["finish_reason"], **extra))
+            if chat.stream_options and chat.stream_options.include_usage:
+                await send({**completion_chunk(request_id, model, {}), "choices": [], "usage": body["usage"]})
+        finally:
+            if not run.done():  # the client went away (or the server is stopping): end the run
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+        await send("[DONE]")
+        await response.write_eof()
+        return response
+
+
+def _completion(request_id: str, model: str, result: RunResult) -> dict[str, Any]:
+    """The run as a chat completion; a failed run as the error body its cause calls for."""
+    run = {
+        "run_id": result.run_id,
+        "status": result.status,
+        "iterations": result.iterations,
+        "sub_calls": result.sub_calls,
+        "cost_usd": result.cost_usd,
+        "elapsed_s": result.elapsed_s,
+        "nodes": result.tree.node_count,
+        "trajectory": result.trajectory,
+        "error": result.error,
+    }
+    if result.status == "error":
+        status, kind = _status_of(result.error_type)
+        raise _Refused(status, f"the run failed: {result.error}", kind, result.error_type)
+    prompt = sum(u.prompt_tokens for u in result.usage.values())
+    produced = sum(u.completion_tokens for u in result.usage.values())
+    finish = "stop" if result.status == "completed" else "length"
+    return completion(request_id, model, result.answer or "", finish, usage(prompt, produced), run)
+
+
+def _refusal_for(exc: _exceptions.RLMBoxError) -> _Refused:
+    status, kind = _status_of(type(exc).__name__)
+    return _Refused(status, str(exc), kind, type(exc).__name__)
+
+
+def _status_of(error_type: str | None) -> tuple[int, str]:
+    error_class = getattr(_exceptions, error_type or "", None)
+    if isinstance(error_class, type) and issubclass(error_class, _exceptions.LLMError):
+        return 502, "upstream_error"
+    if isinstance(error_class, type) and issubclass(error_class, _exceptions.SandboxError):
+        return 503, "sandbox_error"
+    return 500, "server_error"
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
+    return web.json_response(error_body(message, kind, code), status=status)
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return f"invalid request ({where}: {first['msg']})"
+    return f"invalid request ({exc})"
