@@ -22,6 +22,7 @@ from rlmbox.config import VERSION
 
 if TYPE_CHECKING:
     from rlmbox.config import Settings
+    from rlmbox.progress import Progress, StatusLine
     from rlmbox.rlm import RunResult
 
 __all__ = ["build_parser", "main"]
@@ -210,11 +211,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 async def _run(args: argparse.Namespace) -> int:
     from rlmbox.context_input import load_context
+    from rlmbox.progress import Progress
     from rlmbox.rlm import RLM
 
     settings = settings_from_args(args)
     context = load_context(args.context)
-    result = await RLM(settings).arun(context, args.query, trajectory=args.trajectory)
+    progress = Progress()
+    async with _status_line(args, progress):
+        result = await RLM(settings).arun(context, args.query, trajectory=args.trajectory, on_event=progress)
     return _report(result, args.json)
 
 
@@ -352,6 +356,15 @@ COMMANDS = {
     "view": _view,
     "doctor": _doctor,
 }
+
+
+def _status_line(args: argparse.Namespace, progress: Progress) -> StatusLine:
+    """Live progress on stderr when it is a terminal, unless --json, -v or --debug asks for plain output."""
+    from rlmbox.progress import StatusLine
+
+    status = StatusLine(sys.stderr, progress.line)
+    status.enabled = status.enabled and not (args.json or args.verbose or args.debug)
+    return status
 
 
 def _read_code(source: str) -> str:

@@ -144,6 +144,7 @@ class SubCallRouter:
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
         chosen = self._choose(model)
         self._ledger.reserve_sub_calls(len(prompts))
+        self._trajectory.notify("sub_calls_started", count=len(prompts))
         batch = len(prompts)
         # A TaskGroup: if one call fails unexpectedly, the others are cancelled rather than left spending.
         async with asyncio.TaskGroup() as group:
@@ -162,6 +163,7 @@ class SubCallRouter:
                 refusal = str(exc)
             if refusal is not None:
                 self._ledger.release_sub_calls(1)  # reserved, but never made
+                self._trajectory.notify("sub_calls_started", count=-1)
                 return QueryOutcome(ok=False, error=refusal)
             try:
                 completion = await self._lm.complete(

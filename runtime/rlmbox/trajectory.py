@@ -32,9 +32,12 @@ def text_digest(text: str, preview_chars: int = PREVIEW_CHARS) -> dict[str, Any]
 
 
 class EventLog(Protocol):
-    """Where a run's events go: ``write("cell", iteration=1, ...)``."""
+    """Where a run's events go: ``write("cell", iteration=1, ...)``; ``notify`` tells only the listener
+    (live progress), writing nothing."""
 
     def write(self, event: str, **fields: Any) -> None: ...
+
+    def notify(self, event: str, **fields: Any) -> None: ...
 
 
 class TrajectoryWriter:
@@ -67,6 +70,10 @@ class TrajectoryWriter:
         if self.listener is not None:
             self.listener(record)
 
+    def notify(self, event: str, **fields: Any) -> None:
+        if self.listener is not None:
+            self.listener({"event": event, **fields})
+
     def for_node(self, node: str) -> NodeLog:
         """The events of one node of the call tree: each is written with ``node`` set to its id."""
         return NodeLog(self, node)
@@ -81,3 +88,6 @@ class NodeLog:
 
     def write(self, event: str, **fields: Any) -> None:
         self._writer.write(event, node=self.node, **fields)
+
+    def notify(self, event: str, **fields: Any) -> None:
+        self._writer.notify(event, node=self.node, **fields)

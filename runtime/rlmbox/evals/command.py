@@ -24,6 +24,7 @@ from rlmbox.evals.runner import (
 from rlmbox.evals.suites import SUITES
 from rlmbox.evals.tasks import Task, read_tasks, write_tasks
 from rlmbox.llm import LMClient
+from rlmbox.progress import Progress, StatusLine
 
 __all__ = ["add_eval_arguments", "eval_command"]
 
@@ -155,30 +156,36 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
     def start(count: int) -> None:
         nonlocal total
         total = count
+        live.prefix = f"[0/{total} done]"
+
+    live = Progress()
+    status = StatusLine(sys.stderr, live.line)
+    status.enabled = status.enabled and not (args.json or args.verbose or args.debug)
 
     def progress(result: EvalResult) -> None:
         finished.append(result)
         running = ", ".join(f"{m} {score:.3f}" for m, score in mean_scores(finished).items())
         spend = sum(r.cost_usd for r in finished)
-        print(
+        live.prefix = f"[{len(finished)}/{total} done]"
+        status.print_above(
             f"[{len(finished)}/{total}] {result.id} {result.method}: {result.score:.2f} ({result.status}); "
-            f"mean score {running}; spend ${spend:.4f}",
-            file=sys.stderr,
-            flush=True,
+            f"mean score {running}; spend ${spend:.4f}"
         )
 
-    results = await run_eval(
-        tasks,
-        task_dir=task_dir,
-        methods=args.method,
-        settings=settings,
-        out=args.out,
-        concurrency=args.concurrency,
-        lm=_client(args, settings),
-        resume=args.resume,
-        on_start=start,
-        on_result=progress,
-    )
+    async with status:
+        results = await run_eval(
+            tasks,
+            task_dir=task_dir,
+            methods=args.method,
+            settings=settings,
+            out=args.out,
+            concurrency=args.concurrency,
+            lm=_client(args, settings),
+            resume=args.resume,
+            on_start=start,
+            on_result=progress,
+            on_event=live,
+        )
     rows = summarize(results)
     table = summary_markdown(rows)
     (args.out / "summary.md").write_text(table + "\n", encoding="utf-8")

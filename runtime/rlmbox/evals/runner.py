@@ -94,10 +94,12 @@ async def run_eval(
     resume: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[EvalResult], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[EvalResult]:
     """Run every (task, method) not yet in ``out/results.jsonl``; returns every result there.
 
-    ``on_start`` hears how many runs are left to do; ``on_result`` hears each as it finishes.
+    ``on_start`` hears how many runs are left to do; ``on_result`` hears each as it finishes; ``on_event``
+    hears the rlm runs' trajectory events (live progress).
     """
     if not settings.llm.model:
         raise ConfigError("no root model: pass --model or set RLMBOX_MODEL")
@@ -116,7 +118,7 @@ async def run_eval(
 
     async def one(task: Task, method: Method) -> None:
         async with limit:
-            result = await _answer(task, method, task_dir, settings, client, out, pool)
+            result = await _answer(task, method, task_dir, settings, client, out, pool, on_event)
         with results_path.open("a", encoding="utf-8") as handle:
             handle.write(result.model_dump_json() + "\n")
         if on_result is not None:
@@ -148,6 +150,7 @@ async def _answer(
     lm: CompletionClient,
     out: Path,
     pool: SandboxPool,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> EvalResult:
     """One task by one method. Whatever goes wrong becomes a result with status ``error``: one task never
     ends the evaluation."""
@@ -158,7 +161,7 @@ async def _answer(
         if method == "rlm":
             trajectory = out / "trajectories" / f"{file_name(task.id)}.{method}.jsonl"
             rlm = RLM(settings, lm=lm, pool=pool, wait_for_pool=True)  # type: ignore[arg-type]
-            run = await rlm.arun(context, task.query, trajectory=trajectory)
+            run = await rlm.arun(context, task.query, trajectory=trajectory, on_event=on_event)
             outcome = {
                 "answer": run.answer,
                 "status": run.status,
