@@ -29,7 +29,7 @@ from support.openai_server import ScriptedOpenAIServer  # noqa: E402
 from support.scripted_run import repl  # noqa: E402
 from support.tree_script import TreeScript  # noqa: E402
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 ROOT = "openai/bench-root"
 
 

@@ -126,3 +126,26 @@ def test_local_backend_warns_on_stderr(runtime_dir: Path):
     )
     assert done.returncode == 0 and done.stdout == "42\n"
     assert "WITHOUT isolation" in done.stderr
+
+
+def test_serve_refuses_a_short_token_before_listening():
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlmbox.cli",
+            "serve",
+            "--token",
+            "short",
+            "--model",
+            "openai/m",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode == 2 and "16 or more characters" in process.stderr
+    assert "listening" not in process.stderr

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 import openai
@@ -25,7 +26,7 @@ from support.tree_script import TreeScript
 
 pytestmark = pytest.mark.docker
 
-TOKEN = "serve-token-1"
+TOKEN = "serve-token-0123456789"
 MODEL = f"rlmbox/{ROOT}"
 
 
@@ -48,6 +49,23 @@ SCRIPT = {
 }
 
 
+def start_server(runtime_dir: Path, runs: Path, upstream: str, log: TextIO) -> tuple[subprocess.Popen, str]:
+    """``rlmbox serve`` in front of the scripted models; returns the process and its base URL."""
+    env = {**cli_env(runtime_dir), "RLMBOX_TRAJECTORY_DIR": str(runs)}
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "rlmbox.cli", "serve", "--port", "0", "--token", TOKEN,
+            "--model", ROOT, "--sub-model", SUB, "--api-base", upstream, "--max-runs", "2",
+            "--max-body", "1m", "--timeout", "8", "--warm-sandboxes", "0", "--memory", "256m",
+        ],
+        stdout=subprocess.DEVNULL, stderr=log, env=env,
+    )  # fmt: skip
+    text = lambda: Path(log.name).read_text()  # noqa: E731
+    wait_for(lambda: "listening on" in text() or process.poll() is not None, timeout=60)
+    line = next(x for x in text().splitlines() if "listening on" in x)
+    return process, line.split("listening on ", 1)[1].split("/v1", 1)[0]
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
     from conftest import IN_CI, docker_problem
@@ -59,21 +77,9 @@ def served() -> Iterator[Served]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="rbs-", dir="/tmp"))
     runs = Path(tempfile.mkdtemp(prefix="rlmbox-serve-runs-"))
     script = TreeScript(SCRIPT)
-    log = runs / "server.log"
-    with ScriptedOpenAIServer(script) as upstream, log.open("w") as stderr:
-        env = {**cli_env(runtime_dir), "RLMBOX_TRAJECTORY_DIR": str(runs)}
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "rlmbox.cli", "serve", "--port", "0", "--token", TOKEN,
-                "--model", ROOT, "--sub-model", SUB, "--api-base", upstream.url, "--max-runs", "2",
-                "--max-body", "1m", "--timeout", "8", "--warm-sandboxes", "0", "--memory", "256m",
-            ],
-            stdout=subprocess.DEVNULL, stderr=stderr, env=env,
-        )  # fmt: skip
+    with ScriptedOpenAIServer(script) as upstream, (runs / "server.log").open("w") as log:
+        process, url = start_server(runtime_dir, runs, upstream.url, log)
         try:
-            wait_for(lambda: "listening on" in log.read_text() or process.poll() is not None, timeout=60)
-            line = next(x for x in log.read_text().splitlines() if "listening on" in x)
-            url = line.split("listening on ", 1)[1].split("/v1", 1)[0]
             yield Served(url, runtime_dir, runs, script)
         finally:
             process.terminate()
@@ -94,7 +100,8 @@ def test_models_and_a_completion_through_the_openai_client(served):
     assert answer.choices[0].message.content == "6" and answer.choices[0].finish_reason == "stop"
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens > 0
     run = answer.model_extra["rlmbox"]
-    assert run["status"] == "completed" and run["iterations"] == 1 and Path(run["trajectory"]).exists()
+    assert run["status"] == "completed" and run["iterations"] == 1
+    assert (served.runs / f"{run['run_id']}.jsonl").exists()
 
 
 def test_without_a_context_field_the_last_user_message_is_the_context(served):
@@ -126,9 +133,12 @@ def test_streaming_sends_progress_then_the_answer_and_usage(served):
 
 
 def test_refusals_are_openai_errors(served):
-    with pytest.raises(openai.AuthenticationError) as denied:
-        served.client(token="guess").models.list()
-    assert denied.value.code == "invalid_api_key"
+    for guess in ("guess", " " + TOKEN, TOKEN[:-1]):
+        with pytest.raises(openai.AuthenticationError) as denied:
+            served.client(token=guess).models.list()
+        assert denied.value.code == "invalid_api_key"
+    for header in (b"Bearer \xa0", b"Bearer \xff", f"bearer {TOKEN}".encode(), TOKEN.encode()):
+        assert httpx.get(f"{served.url}/v1/models", headers={"Authorization": header}).status_code == 401
     with pytest.raises(openai.NotFoundError) as unknown:
         served.client().chat.completions.create(
             model="rlmbox/openai/gpt-5", messages=[{"role": "user", "content": "q"}]
@@ -200,3 +210,31 @@ def test_a_run_past_the_servers_time_limit_returns_its_partial_answer(served):
     assert answer.choices[0].message.content == "Sleeping on it."
     assert answer.model_extra["rlmbox"]["status"] == "budget_exhausted"
     assert API_KEY not in json.dumps(answer.model_dump())
+
+
+def test_stopping_the_server_ends_the_runs_in_progress(runtime_dir, tmp_path):
+    script = TreeScript(SCRIPT)
+    with ScriptedOpenAIServer(script) as upstream, (tmp_path / "server.log").open("w") as log:
+        process, url = start_server(runtime_dir, tmp_path, upstream.url, log)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+        request = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "sleepy"}],
+            "extra_body": {"context": "c"},
+        }
+        failures: list[Exception] = []
+
+        def ask() -> None:
+            try:
+                client.chat.completions.create(**request)
+            except Exception as exc:
+                failures.append(exc)
+
+        caller = threading.Thread(target=ask)
+        caller.start()
+        wait_for(lambda: len(script.requests_for("sleepy")) == 1 and len(rlmbox_containers(runtime_dir)) == 1)
+        process.terminate()
+        assert process.wait(timeout=30) == 143
+        caller.join(timeout=30)
+    assert len(failures) == 1 and isinstance(failures[0], openai.APIError)  # the client hears the run ended
+    assert rlmbox_containers(runtime_dir) == []

@@ -171,3 +171,17 @@ def test_the_page_of_a_real_depth_two_run_in_headless_chromium(runtime_dir, tmp_
     (ARTIFACTS / "viewer-timings.json").write_text(
         json.dumps({"sub_calls": result.sub_calls, "page_bytes": page.stat().st_size, "load_s": loaded_s})
     )
+
+
+def test_a_note_without_a_turn_joins_the_last_turn(tmp_path):
+    events, _ = read_events(
+        write(
+            tmp_path / "t.jsonl",
+            {"event": "root_call", "iteration": 1, "reply": "a"},
+            {"event": "root_call", "iteration": 2, "reply": "FINAL_VAR(x)"},
+            {"event": "final_var", "variable": "x", "found": True},
+        )
+    )
+    (node,) = build_view(events)["nodes"]
+    assert [t["iteration"] for t in node["turns"]] == [1, 2]
+    assert node["turns"][1]["notes"] == ["FINAL_VAR('x'): found"]

@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-runs", type=int, default=4, help="runs at once; more get 429 (default 4)")
     serve.add_argument("--max-body", default="64m", metavar="SIZE", help="largest request body (default 64m)")
     serve.add_argument(
-        "--timeout", type=float, default=600.0, metavar="S", help="time limit of one run (default 600)"
+        "--timeout",
+        type=float,
+        default=540.0,
+        metavar="S",
+        help="time limit of one run (default 540, under the openai client's 600 s timeout)",
     )
 
     view = commands.add_parser("view", help="a trajectory as a self-contained HTML page")

@@ -367,7 +367,7 @@ class _Turns:
             return answer
         self.router.cell = 0
         cell = await self.sandbox.execute(f"FINAL_VAR({variable!r})")
-        self.log.write("final_var", variable=variable, found=cell.final is not None)
+        self.log.write("final_var", iteration=self.turn, variable=variable, found=cell.final is not None)
         return cell.final
 
     async def _recover_kernel(self, exc: KernelDiedError, iteration: int, index: int, code: str) -> str:

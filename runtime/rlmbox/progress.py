@@ -7,6 +7,7 @@ it on a terminal and draws nothing anywhere else, so piped output stays clean an
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -101,7 +102,8 @@ class StatusLine:
     def _draw(self) -> None:
         if not self.enabled:
             return
-        text = self.render()
+        # One row: a line that wrapped could not be redrawn in place.
+        text = self.render()[: max(10, shutil.get_terminal_size().columns - 1)]
         self.stream.write("\r" + text + " " * max(0, self._width - len(text)))
         self.stream.flush()
         self._width = len(text)

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlmbox import _exceptions
 from rlmbox.config import Settings
@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROGRESS_EVENTS = {"node_started", "root_call", "cell", "node_finished"}
+MIN_TOKEN_CHARS = 16
+SHUTDOWN_WAIT_S = 60.0
 
 
 class ServeOptions(BaseModel):
@@ -54,13 +56,25 @@ class ServeOptions(BaseModel):
     models: frozenset[str] = Field(min_length=1, description="root models clients may name")
     max_runs: int = Field(4, ge=1)
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(540.0, gt=0)
+
+    @field_validator("tokens")
+    @classmethod
+    def _long_enough(cls, tokens: frozenset[str]) -> frozenset[str]:
+        if any(len(token) < MIN_TOKEN_CHARS or token != token.strip() for token in tokens):
+            raise ValueError(f"tokens need {MIN_TOKEN_CHARS} or more characters and no spaces at their ends")
+        return tokens
 
 
 class _Refused(Exception):
     def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.kind, self.code = status, kind, code
+        # A failed run is not retried by the openai client (it would pay for the run again); a full
+        # server says when to come back.
+        self.headers = (
+            {"Retry-After": "5"} if status == 429 else {"x-should-retry": "false"} if status >= 500 else {}
+        )
 
 
 class RLMService:
@@ -70,6 +84,7 @@ class RLMService:
         self.settings = settings
         self.options = options
         self.active = 0
+        self._runs: set[asyncio.Task[Any]] = set()
         self._pool: SandboxPool | None = None
 
     def app(self) -> web.Application:
@@ -79,7 +94,17 @@ class RLMService:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.cleanup_ctx.append(self._warm_pool)
+        app.on_shutdown.append(self._end_runs)
         return app
+
+    async def _end_runs(self, app: web.Application) -> None:
+        """The server is stopping: cancel the runs in progress (their containers are removed) now, rather
+        than let them spend while aiohttp waits for their requests."""
+        runs = set(self._runs)
+        for run in runs:
+            run.cancel()
+        if runs:
+            await asyncio.wait(runs, timeout=SHUTDOWN_WAIT_S)
 
     async def _warm_pool(self, app: web.Application) -> AsyncIterator[None]:
         async with SandboxPool(self.settings.sandbox, self.settings.warm_sandboxes) as self._pool:
@@ -93,12 +118,12 @@ class RLMService:
         try:
             return await handler(request)
         except _Refused as exc:
-            return _error(exc.status, str(exc), exc.kind, exc.code)
+            return _error(exc.status, str(exc), exc.kind, exc.code, exc.headers)
         except _exceptions.ConfigError as exc:
             return _error(400, str(exc), "invalid_request_error")
         except _exceptions.RLMBoxError as exc:
             refused = _refusal_for(exc)
-            return _error(refused.status, str(refused), refused.kind, refused.code)
+            return _error(refused.status, str(refused), refused.kind, refused.code, refused.headers)
         except web.HTTPRequestEntityTooLarge:
             limit = self.options.max_body_bytes
             return _error(413, f"request body over the {limit}-byte limit", "invalid_request_error")
@@ -110,7 +135,7 @@ class RLMService:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
-        given = header.removeprefix("Bearer ").strip().encode()
+        given = header.removeprefix("Bearer ").encode("utf-8", "surrogateescape")
         if not header.startswith("Bearer ") or not any(
             hmac.compare_digest(given, token.encode()) for token in self.options.tokens
         ):
@@ -129,31 +154,38 @@ class RLMService:
         return web.json_response({"object": "list", "data": data})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        if self.active >= self.options.max_runs:  # before reading a body that may be large
+            message = f"{self.options.max_runs} runs are already in progress; retry later"
+            raise _Refused(429, message, "rate_limit_exceeded")
+        self.active += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._runs.add(task)
+        try:
+            return await self._chat(request)
+        finally:
+            self.active -= 1
+            self._runs.discard(task)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         try:
             chat = ChatRequest.model_validate_json(body)
             query, context = chat.query_and_context()
         except (ValidationError, ValueError) as exc:
             raise _Refused(400, _first_error(exc), "invalid_request_error") from None
+        del body
+        if not query.strip():
+            raise _Refused(400, "the question (the last user message) is empty", "invalid_request_error")
         if not chat.model.startswith(MODEL_PREFIX) or chat.root_model not in self.options.models:
             names = ", ".join(MODEL_PREFIX + m for m in sorted(self.options.models))
             message = f"model {chat.model!r} is not served here (served: {names})"
             raise _Refused(404, message, "invalid_request_error", "model_not_found")
-        if self.active >= self.options.max_runs:
-            raise _Refused(
-                429,
-                f"{self.options.max_runs} runs are already in progress; retry later",
-                "rate_limit_exceeded",
-            )
-        self.active += 1
-        try:
-            rlm = RLM(self._settings_for(chat.root_model), pool=self._pool)
-            if chat.stream:
-                return await self._stream(request, chat, rlm, query, context)
-            result = await rlm.arun(context, query)
-            return web.json_response(_completion(new_id(), chat.model, result))
-        finally:
-            self.active -= 1
+        rlm = RLM(self._settings_for(chat.root_model), pool=self._pool)
+        if chat.stream:
+            return await self._stream(request, chat, rlm, query, context)
+        result = await rlm.arun(context, query)
+        return web.json_response(_completion(new_id(), chat.model, result))
 
     def _settings_for(self, root_model: str) -> Settings:
         llm = self.settings.llm.model_copy(update={"model": root_model})
@@ -176,11 +208,13 @@ class RLMService:
         await send(completion_chunk(request_id, model, {"role": "assistant", "content": ""}))
         while not run.done() or not progress.empty():
             update = asyncio.ensure_future(progress.get())
-            await asyncio.wait({run, update}, return_when=asyncio.FIRST_COMPLETED)
-            if not update.done():
-                update.cancel()
-                continue
-            await send(completion_chunk(request_id, model, {}, rlmbox_progress=update.result()))
+            try:
+                await asyncio.wait({run, update}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not update.done():
+                    update.cancel()
+            if not update.cancelled():
+                await send(completion_chunk(request_id, model, {}, rlmbox_progress=update.result()))
 
     async def _stream(
         self, request: web.Request, chat: ChatRequest, rlm: RLM, query: str, context: Any
@@ -220,9 +254,11 @@ class RLMService:
         try:
             await self._progress(run, progress, send, request_id, model)
             body = _completion(request_id, model, run.result())
-        except (_Refused, _exceptions.RLMBoxError) as exc:
+        except Exception as exc:  # headers are sent: the error goes in the stream, as OpenAI streams do
             refused = exc if isinstance(exc, _Refused) else _refusal_for(exc)
-            await send(error_body(str(refused), refused.kind, refused.code))  # as OpenAI streams do
+            if not isinstance(exc, _Refused | _exceptions.RLMBoxError):
+                log.exception("serve.run_failed")
+            await send(error_body(str(refused), refused.kind, refused.code))
         else:
             await send(
                 completion_chunk(request_id, model, {"content": body["choices"][0]["message"]["content"]})
@@ -251,7 +287,6 @@ def _completion(request_id: str, model: str, result: RunResult) -> dict[str, Any
         "cost_usd": result.cost_usd,
         "elapsed_s": result.elapsed_s,
         "nodes": result.tree.node_count,
-        "trajectory": result.trajectory,
         "error": result.error,
     }
     if result.status == "error":
@@ -263,7 +298,9 @@ def _completion(request_id: str, model: str, result: RunResult) -> dict[str, Any
     return completion(request_id, model, result.answer or "", finish, usage(prompt, produced), run)
 
 
-def _refusal_for(exc: _exceptions.RLMBoxError) -> _Refused:
+def _refusal_for(exc: Exception) -> _Refused:
+    if not isinstance(exc, _exceptions.RLMBoxError):
+        return _Refused(500, "internal error in the rlmbox server", "server_error")
     status, kind = _status_of(type(exc).__name__)
     return _Refused(status, str(exc), kind, type(exc).__name__)
 
@@ -277,8 +314,10 @@ def _status_of(error_type: str | None) -> tuple[int, str]:
     return 500, "server_error"
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None) -> web.Response:
-    return web.json_response(error_body(message, kind, code), status=status)
+def _error(
+    status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(error_body(message, kind, code), status=status, headers=headers)
 
 
 def _first_error(exc: Exception) -> str:

@@ -141,7 +141,8 @@ def build_view(events: list[Event]) -> dict[str, Any]:
                 if kind == "kernel_died"
                 else f"FINAL_VAR({event.get('variable')!r}): {'found' if event.get('found') else 'not found'}"
             )
-            turn(node_id, event.get("iteration", 0))["notes"].append(text)
+            iteration = event.get("iteration") or max(node(node_id)["turns"], default=1)
+            turn(node_id, iteration)["notes"].append(text)
     for entry in nodes.values():
         entry["turns"] = [_close_turn(t) for _, t in sorted(entry["turns"].items())]
     ordered = sorted(nodes.values(), key=lambda n: [int(p) for p in n["id"].split(".") if p.isdigit()])
