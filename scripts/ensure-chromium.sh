@@ -19,9 +19,9 @@ if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 log "installing Debian's chromium"
-if ! apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; then
+if ! apt-get install -y -q chromium >/dev/null 2>&1; then
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends chromium >/dev/null
+    apt-get install -y -q chromium >/dev/null
 fi
 [[ -x "$CHROMIUM" ]] || { log "error: chromium was installed but $CHROMIUM is missing"; exit 1; }
 log "$("$CHROMIUM" --version 2>/dev/null || echo chromium) is ready"
