@@ -131,6 +131,10 @@ class RLMService:
             if exc.status < 400:
                 raise
             return _error(exc.status, exc.reason, "invalid_request_error")
+        except Exception:  # a bug: logged here, and never a traceback to the client
+            log.exception("serve.request_failed", path=request.path)
+            refused = _refusal_for(RuntimeError())
+            return _error(refused.status, str(refused), refused.kind, refused.code, refused.headers)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
