@@ -22,7 +22,6 @@ from rlmbox.config import VERSION
 
 if TYPE_CHECKING:
     from rlmbox.config import Settings
-    from rlmbox.progress import Progress, StatusLine
     from rlmbox.rlm import RunResult
 
 __all__ = ["build_parser", "main"]
@@ -215,13 +214,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 async def _run(args: argparse.Namespace) -> int:
     from rlmbox.context_input import load_context
-    from rlmbox.progress import Progress
+    from rlmbox.progress import Progress, StatusLine
     from rlmbox.rlm import RLM
 
     settings = settings_from_args(args)
     context = load_context(args.context)
     progress = Progress()
-    async with _status_line(args, progress):
+    async with StatusLine(sys.stderr, progress.line, plain=args.json or args.verbose or args.debug):
         result = await RLM(settings).arun(context, args.query, trajectory=args.trajectory, on_event=progress)
     return _report(result, args.json)
 
@@ -360,15 +359,6 @@ COMMANDS = {
     "view": _view,
     "doctor": _doctor,
 }
-
-
-def _status_line(args: argparse.Namespace, progress: Progress) -> StatusLine:
-    """Live progress on stderr when it is a terminal, unless --json, -v or --debug asks for plain output."""
-    from rlmbox.progress import StatusLine
-
-    status = StatusLine(sys.stderr, progress.line)
-    status.enabled = status.enabled and not (args.json or args.verbose or args.debug)
-    return status
 
 
 def _read_code(source: str) -> str:

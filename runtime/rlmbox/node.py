@@ -129,7 +129,6 @@ class Node:
             outcome = _failure(exc)
             raise
         finally:
-            self.ledger.close()
             self._record(outcome or NodeOutcome(status="error", error="internal error"), started)
 
     def _record(self, outcome: NodeOutcome, started: float) -> None:

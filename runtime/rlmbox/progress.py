@@ -66,13 +66,16 @@ class Progress:
 
 class StatusLine:
     """``async with StatusLine(sys.stderr, progress.line):`` redraws one line every ``interval`` seconds
-    while the block runs, and clears it at the end. On a stream that is not a terminal it does nothing."""
+    while the block runs, and clears it at the end. On a stream that is not a terminal, or when ``plain``
+    output was asked for (``--json``, ``-v``, ``--debug``), it draws nothing."""
 
-    def __init__(self, stream: TextIO, render: Callable[[], str], interval: float = 0.25) -> None:
+    def __init__(
+        self, stream: TextIO, render: Callable[[], str], *, plain: bool = False, interval: float = 0.25
+    ) -> None:
         self.stream = stream
         self.render = render
         self.interval = interval
-        self.enabled = stream.isatty()
+        self.enabled = stream.isatty() and not plain
         self._ticker: asyncio.Task[None] | None = None
         self._width = 0
 

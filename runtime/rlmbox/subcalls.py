@@ -114,7 +114,7 @@ class SubCallRouter:
         self._children.update(children)
         for child, ledger in zip(children, ledgers, strict=True):
             child.add_done_callback(self._children.discard)
-            # A child cancelled before it ever ran still gives its loan back.
+            # The loan goes back when the child ends, however it ends (even cancelled before it ran).
             child.add_done_callback(lambda _, loan=ledger: loan.close())
         # Cancelling this call (the caller hung up, the node ended) cancels the children and waits for them.
         outcomes = await asyncio.gather(*children, return_exceptions=True)

@@ -159,8 +159,7 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         live.prefix = f"[0/{total} done]"
 
     live = Progress()
-    status = StatusLine(sys.stderr, live.line)
-    status.enabled = status.enabled and not (args.json or args.verbose or args.debug)
+    status = StatusLine(sys.stderr, live.line, plain=args.json or args.verbose or args.debug)
 
     def progress(result: EvalResult) -> None:
         finished.append(result)
