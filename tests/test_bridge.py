@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlmbox import BudgetExceeded
-from rlmbox.bridge import BridgeServer
+from rlmbox.bridge import BridgeServer, request_budget
 from rlmbox.protocol import ChildQuery, QueryOutcome, encode_frame
 
 TOKEN = "t0ken"
@@ -143,20 +143,22 @@ def test_oversize_frame_is_dropped_without_reading_it(tmp_path):
 
 
 def test_buffered_request_bytes_are_bounded_across_connections(tmp_path):
-    """A hostile kernel announcing many large frames cannot make the host buffer more than a few."""
+    """A hostile kernel announcing many large frames cannot make the host buffer more than its budget."""
+    size = 100_000
+    budget = request_budget(size, 10)
 
     async def main():
-        async with serve(tmp_path, Echo(), max_request_bytes=1000) as bridge:
+        async with serve(tmp_path, Echo(), max_request_bytes=size, max_request_values=10) as bridge:
             holders = []
-            for _ in range(4):  # four connections each hold a 1000-byte frame open, half sent
+            for _ in range(budget // size):  # connections each hold a largest frame open, half sent
                 _, writer = await asyncio.open_unix_connection(str(bridge.path))
-                writer.write(struct.pack(">I", 1000) + b"x" * 500)
+                writer.write(struct.pack(">I", size) + b"x" * (size // 2))
                 await writer.drain()
                 holders.append(writer)
-            async with asyncio.timeout(5):  # until the server has taken in all four headers
-                while bridge._buffered_bytes < 4000:  # noqa: ASYNC110 - no event exposes this counter
+            async with asyncio.timeout(5):  # until the server has taken in all their headers
+                while bridge._budget.held < len(holders) * size:  # noqa: ASYNC110 - no event exposes this
                     await asyncio.sleep(0.001)
-            refused = await talk(bridge.path, struct.pack(">I", 1000) + b"y" * 1000)
+            refused = await talk(bridge.path, struct.pack(">I", size) + b"y" * size)
             for writer in holders:
                 writer.close()
             return refused

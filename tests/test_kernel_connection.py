@@ -1,131 +1,136 @@
-"""The host's ZMQ settings for kernel channels, checked against real sockets (no container needed)."""
+"""Decoding the kernel's Jupyter messages on the host: framing, signature, bounded JSON, channel limits."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 
-import zmq
-import zmq.asyncio
+import pytest
 
-from rlmbox.kernel import RECEIVE_QUEUE_MESSAGES, kernel_context, max_frame_bytes
+from rlmbox.kernel import (
+    DELIMITER,
+    MAX_MESSAGE_FRAMES,
+    MAX_MESSAGE_VALUES,
+    MAX_REPLY_BYTES,
+    KernelConnection,
+    decode_message,
+    max_iopub_bytes,
+)
+from rlmbox.misbehaviour import Misbehaviour
+from rlmbox.untrusted import UntrustedDataError
 
-
-async def _receive(socket: zmq.asyncio.Socket, timeout: float) -> bytes | None:
-    try:
-        return await asyncio.wait_for(socket.recv(), timeout)
-    except TimeoutError:
-        return None
-
-
-def test_a_replaced_socket_file_is_never_reconnected_to(tmp_path):
-    """If the kernel's end of a socket went away and something else bound the same path, the host must not
-    follow it there."""
-    endpoint = f"ipc://{tmp_path}/k-1"
-
-    async def main() -> tuple[bytes | None, bytes | None]:
-        host = kernel_context()
-        kernel = zmq.asyncio.Context()
-        subscriber = host.socket(zmq.SUB)
-        subscriber.setsockopt(zmq.SUBSCRIBE, b"")
-        original = kernel.socket(zmq.PUB)
-        original.bind(endpoint)
-        subscriber.connect(endpoint)
-        first = None
-        for _ in range(50):  # a PUB drops messages until the subscription has arrived
-            await original.send(b"from the kernel")
-            if (first := await _receive(subscriber, 0.05)) is not None:
-                break
-        original.close(linger=0)
-        impostor = kernel.socket(zmq.PUB)
-        impostor.bind(endpoint)
-        second = None
-        for _ in range(20):
-            await impostor.send(b"from an impostor")
-            if (second := await _receive(subscriber, 0.05)) is not None:
-                break
-        host.destroy(linger=0)
-        kernel.destroy(linger=0)
-        return first, second
-
-    first, second = asyncio.run(main())
-    assert first == b"from the kernel"
-    assert second is None
+KEY = b"0123456789abcdef"
 
 
-def test_host_receive_queues_are_short():
-    context = kernel_context()
-    socket = context.socket(zmq.SUB)
-    try:
-        assert socket.getsockopt(zmq.RCVHWM) == RECEIVE_QUEUE_MESSAGES <= 16
-        assert socket.getsockopt(zmq.RECONNECT_IVL) == -1
-    finally:
-        context.destroy(linger=0)
+def signed(
+    header: bytes, parent: bytes, content: bytes, key: bytes = KEY, topic: bytes = b"stream"
+) -> list[bytes]:
+    parts = [header, parent, b"{}", content]
+    digest = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        digest.update(part)
+    return [topic, DELIMITER, digest.hexdigest().encode(), *parts]
 
 
-def test_frame_limit_fits_the_largest_honest_message():
+HEADER = json.dumps({"msg_id": "m1", "msg_type": "stream"}).encode()
+PARENT = json.dumps({"msg_id": "cell-1"}).encode()
+CONTENT = json.dumps({"name": "stdout", "text": "hello"}).encode()
+
+
+def test_the_iopub_limit_fits_the_largest_honest_message():
     # Capped output or a final answer, every character escaped as \uXXXX, plus room for the envelope.
-    assert max_frame_bytes(2_000_000, 1_000_000) == 1024 * 1024 + 12_000_000
-    assert max_frame_bytes(10, 5_000_000) > 6 * 5_000_000
+    assert max_iopub_bytes(2_000_000, 1_000_000) == 1024 * 1024 + 12_000_000
+    assert max_iopub_bytes(10, 5_000_000) > 6 * 5_000_000
 
 
-def test_messages_that_fail_to_decode_are_skipped_whatever_the_decoder_raises():
-    """The kernel holds the signing key, so it can sign bytes that make the JSON decoder raise anything
-    (a RecursionError for deeply nested arrays): the host skips them and reads on."""
-    from types import SimpleNamespace
-
-    from rlmbox.kernel import KernelConnection
-
-    class Channel:
-        def __init__(self) -> None:
-            self.queue: list[object] = [RecursionError("nested"), ValueError("Invalid Signature"), {"ok": 1}]
-
-        async def get_msg(self) -> dict:
-            item = self.queue.pop(0)
-            if isinstance(item, BaseException):
-                raise item
-            return item
-
-    connection = SimpleNamespace(undecodable=0)
-    message = asyncio.run(KernelConnection._next(connection, Channel()))
-    assert message == {"ok": 1} and connection.undecodable == 2
+def test_a_signed_message_decodes_and_its_content_is_parsed_on_demand():
+    message = decode_message(signed(HEADER, PARENT, CONTENT), KEY)
+    assert (message.msg_type, message.parent_id) == ("stream", "cell-1")
+    assert message.content() == {"name": "stdout", "text": "hello"}
 
 
-def test_a_socket_error_is_not_mistaken_for_a_bad_message():
-    from types import SimpleNamespace
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        (signed(HEADER, PARENT, CONTENT, key=b"another key"), "bad signature"),
+        (signed(HEADER, PARENT, CONTENT)[2:], "no message delimiter"),
+        (signed(HEADER, PARENT, CONTENT)[:5], "fewer than five parts"),
+        (signed(b'{"msg_id": "m1"}', PARENT, CONTENT), "without a message type"),
+        (signed(b"[" + b"[]," * MAX_MESSAGE_VALUES + b"[]]", PARENT, CONTENT), "more than"),
+        (signed(HEADER, b"\x80\x81 not json", CONTENT), "not valid JSON"),
+    ],
+    ids=["signature", "delimiter", "parts", "type", "values", "garbage"],
+)
+def test_messages_the_host_cannot_trust_are_refused(frames, reason):
+    with pytest.raises(UntrustedDataError, match=reason):
+        decode_message(frames, KEY)
 
-    import pytest
 
-    from rlmbox.kernel import KernelConnection
-
-    class Closed:
-        async def get_msg(self) -> dict:
-            raise zmq.ZMQError(zmq.ENOTSOCK)
-
-    with pytest.raises(zmq.ZMQError):
-        asyncio.run(KernelConnection._next(SimpleNamespace(undecodable=0), Closed()))
+def test_content_with_too_many_values_or_bad_unicode_is_handled_when_read():
+    flood = decode_message(signed(HEADER, PARENT, b"[" + b"0," * MAX_MESSAGE_VALUES + b"0]"), KEY)
+    with pytest.raises(UntrustedDataError):
+        flood.content()
+    surrogate = decode_message(signed(HEADER, PARENT, b'{"name": "stdout", "text": "a\\ud800b"}'), KEY)
+    assert surrogate.content()["text"] == "a\ufffdb"
 
 
-def test_each_channel_of_a_live_kernel_has_its_frame_limit(local_config):
-    """Per-channel limits rely on jupyter_client creating each socket when its channel is first named."""
+class Channel:
+    def __init__(self, messages: list[list[bytes]]) -> None:
+        self.messages = messages
+
+    async def recv(self) -> list[bytes]:
+        return self.messages.pop(0)
+
+
+def test_undecodable_messages_are_dropped_and_counted_against_the_sandbox():
+    """The kernel holds the signing key, so it can sign anything: the host skips what does not decode,
+    reads on, and counts each against the sandbox."""
+    garbage = [
+        [b"\xff" * 100],
+        signed(HEADER, PARENT, CONTENT, key=b"forged"),
+        signed(HEADER, PARENT, CONTENT),
+    ]
+
+    async def main() -> tuple[str | None, Misbehaviour]:
+        misbehaviour = Misbehaviour("test")
+        info = {
+            "key": KEY.decode(),
+            "ip": "/nonexistent/k",
+            **{f"{n}_port": 1 for n in ("shell", "iopub", "control")},
+        }
+        connection = KernelConnection(
+            info, max_output_bytes=1000, max_final_chars=1000, misbehaviour=misbehaviour
+        )
+        connection._channels["iopub"] = Channel(garbage)  # type: ignore[assignment]
+        message = await connection._next("iopub")
+        return message.parent_id, misbehaviour
+
+    parent_id, misbehaviour = asyncio.run(main())
+    assert parent_id == "cell-1"
+    assert misbehaviour.counts == {"undecodable_kernel_message": 2}
+
+
+def test_each_channel_of_a_live_kernel_has_its_limits(local_config):
     import warnings
 
     from rlmbox import AsyncSandbox
-    from rlmbox.kernel import MAX_REPLY_FRAME_BYTES
 
-    async def main() -> dict[str, int]:
+    async def main() -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             async with AsyncSandbox(local_config) as sandbox:
-                client = sandbox.backend._kernel._client
-                return {
-                    name: getattr(client, f"{name}_channel").socket.getsockopt(zmq.MAXMSGSIZE)
-                    for name in ("shell", "control", "iopub")
-                }
+                kernel = sandbox.backend._kernel
+                limits = {name: channel._limits for name, channel in kernel._channels.items()}
+                cell = await sandbox.execute("print('still talking')")
+                return {"limits": limits, "stdout": cell.stdout}
 
-    limits = asyncio.run(main())
-    expected_iopub = max_frame_bytes(local_config.max_cell_output_bytes, local_config.max_final_chars)
-    assert limits == {
-        "shell": MAX_REPLY_FRAME_BYTES,
-        "control": MAX_REPLY_FRAME_BYTES,
-        "iopub": expected_iopub,
+    seen = asyncio.run(main())
+    iopub = max_iopub_bytes(local_config.max_cell_output_bytes, local_config.max_final_chars)
+    assert {name: (lim.max_bytes, lim.max_frames) for name, lim in seen["limits"].items()} == {
+        "shell": (MAX_REPLY_BYTES, MAX_MESSAGE_FRAMES),
+        "control": (MAX_REPLY_BYTES, MAX_MESSAGE_FRAMES),
+        "iopub": (iopub, MAX_MESSAGE_FRAMES),
     }
+    assert seen["stdout"] == "still talking\n"

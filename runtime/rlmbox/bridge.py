@@ -1,8 +1,14 @@
-"""The host end of the kernel's ``llm_query`` bridge: an asyncio server on a per-session Unix socket.
+"""The host end of the kernel's ``llm_query`` bridge: a server on a per-session Unix socket.
 
 The socket lives in a directory the host owns and mounts read-only into the container, so sandboxed code
 can connect to it but never replace it. Each connection is served by its own task, so a slow or hostile
 writer stalls nobody else; a request whose caller hangs up is cancelled, and so are its sub-calls.
+
+What one session's kernel can make the host hold or do is bounded: new connections are accepted at a
+limited rate (a flood waits in the kernel's ``connect``), at most ``MAX_CONNECTIONS`` are open, request
+bodies are read one frame at a time up to ``max_request_bytes``, parsed one at a time and only when they
+hold at most ``max_request_values`` JSON values, and the bodies and parsed requests held at once fit in a
+byte budget (``request_budget``). Misdeeds are counted against the sandbox and logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import os
+import socket
 import time
 from pathlib import Path
 from types import TracebackType
@@ -19,8 +26,10 @@ from typing import Protocol, Self
 import structlog
 
 from rlmbox._exceptions import BridgeError, BudgetExceeded, RLMBoxError
+from rlmbox.misbehaviour import Misbehaviour
 from rlmbox.protocol import (
     MAX_REQUEST_BYTES,
+    MAX_REQUEST_VALUES,
     ChildQuery,
     ErrorInfo,
     LLMQueryRequest,
@@ -31,18 +40,28 @@ from rlmbox.protocol import (
     decode_request,
     encode_frame,
     read_frame_length,
+    request_id_hint,
 )
+from rlmbox.untrusted import parsed_size_bound, size_bound
 
-__all__ = ["BridgeHandler", "BridgeServer"]
+__all__ = ["BridgeHandler", "BridgeServer", "request_budget"]
 
 log = structlog.get_logger(__name__)
 
 MAX_CONNECTIONS = 64
+LISTEN_BACKLOG = 8
+# New connections: a burst, then a steady rate. An honest kernel opens one per thread that calls llm_query
+# (and a new one after an interrupted call), so only a flood ever waits.
+CONNECTION_BURST = 64
+CONNECTIONS_PER_S = 20.0
 CLOSE_TIMEOUT_S = 5.0
-# Request bodies buffered or being answered at once, over all connections: bounds the host memory a
-# hostile kernel can make the bridge hold. Bodies larger than this many bytes are parsed off the loop.
-MAX_BUFFERED_REQUESTS = 4
-PARSE_IN_THREAD_BYTES = 1 << 20
+ACCEPT_RETRY_S = 1.0
+
+
+def request_budget(max_request_bytes: int, max_request_values: int) -> int:
+    """Bytes of request bodies and parsed requests a session's bridge holds at most: room for the largest
+    body together with its parsed form at its worst."""
+    return max_request_bytes + size_bound(max_request_bytes, max_request_values)
 
 
 class BridgeHandler(Protocol):
@@ -51,6 +70,24 @@ class BridgeHandler(Protocol):
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]: ...
 
     async def rlm_query(self, queries: list[ChildQuery], model: str | None) -> list[QueryOutcome]: ...
+
+
+class _Budget:
+    """Bytes a session's bridge may hold. ``take`` never waits, so requests never wait on each other: it
+    says whether there was room."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def take(self, amount: int) -> bool:
+        if self.held + amount > self.capacity:
+            return False
+        self.held += amount
+        return True
+
+    def give(self, amount: int) -> None:
+        self.held -= amount
 
 
 class BridgeServer:
@@ -65,20 +102,27 @@ class BridgeServer:
         max_prompt_chars: int,
         max_batch_size: int,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_request_values: int = MAX_REQUEST_VALUES,
+        misbehaviour: Misbehaviour | None = None,
     ) -> None:
         self.path = path
         self.ready = asyncio.Event()
         self.handler = handler
+        self.misbehaviour = misbehaviour or Misbehaviour()
         self._token = token.encode()
         self._max_prompt_chars = max_prompt_chars
         self._max_batch_size = max_batch_size
         self._max_request_bytes = max_request_bytes
-        self._buffered_bytes = 0
+        self._max_request_values = max_request_values
+        self._budget = _Budget(request_budget(max_request_bytes, max_request_values))
+        self._parsing = asyncio.Lock()  # one request body parsed at a time
         self._answering = 0
         self._busy_since = 0.0
         self._busy_total = 0.0
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._connection_ended = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -91,10 +135,19 @@ class BridgeServer:
 
     async def start(self) -> None:
         """Bind and listen; returns once connections are accepted."""
-        self._server = await asyncio.start_unix_server(self._serve, path=os.fspath(self.path))
-        # The container user differs from the host user and must be able to connect; the session
-        # directory (mode 0700 on the host) keeps other host users away.
-        os.chmod(self.path, 0o666)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(os.fspath(self.path))
+            # The container user differs from the host user and must be able to connect; the session
+            # directory (mode 0700 on the host) keeps other host users away.
+            os.chmod(self.path, 0o666)
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._accepting = asyncio.ensure_future(self._accept(listener))
 
     def busy_seconds(self) -> float:
         """Seconds so far during which at least one request was being answered (the kernel was waiting)."""
@@ -107,10 +160,14 @@ class BridgeServer:
 
     async def aclose(self) -> None:
         """Stop accepting, cancel calls in flight, wait for them (bounded), remove the socket. Idempotent."""
-        if self._server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        server, self._server = self._server, None
-        server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        listener.close()
         for task in self._connections:
             task.cancel("bridge closing")
         if self._connections:
@@ -118,36 +175,66 @@ class BridgeServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS:
-            log.warning("bridge.too_many_connections", limit=MAX_CONNECTIONS)
-            writer.close()
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept connections while fewer than MAX_CONNECTIONS are open, at most CONNECTIONS_PER_S a second
+        after a burst. A kernel connecting faster waits in its ``connect`` (the backlog is short), which
+        costs the host nothing."""
+        loop = asyncio.get_running_loop()
+        allowance, refilled = float(CONNECTION_BURST), loop.time()
+        while True:
+            while len(self._connections) >= MAX_CONNECTIONS:
+                self._connection_ended.clear()
+                await self._connection_ended.wait()
+            now = loop.time()
+            allowance = min(float(CONNECTION_BURST), allowance + (now - refilled) * CONNECTIONS_PER_S)
+            refilled = now
+            if allowance < 1:
+                self.misbehaviour.record("bridge_connection_flood", limit_per_s=CONNECTIONS_PER_S)
+                await asyncio.sleep((1 - allowance) / CONNECTIONS_PER_S)  # throttling, not a readiness wait
+                continue
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # the host is out of descriptors or memory: wait, then accept again
+                log.warning("bridge.accept_failed", error=str(exc), retry_in_s=ACCEPT_RETRY_S)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            allowance -= 1
+            task = asyncio.ensure_future(self._serve(connection))
+            self._connections.add(task)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        self._connection_ended.set()
+
+    async def _serve(self, connection: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=connection)
+        except OSError:
+            connection.close()
             return
-        self._connections.add(task)
         try:
             await self._converse(reader, writer)
-        except (BridgeError, ConnectionError) as exc:
-            log.warning("bridge.connection_dropped", reason=str(exc))
+        except BridgeError as exc:
+            self.misbehaviour.record("bridge_protocol_error", reason=str(exc))
+        except ConnectionError as exc:
+            log.debug("bridge.connection_dropped", reason=str(exc))
         except asyncio.CancelledError:
-            if self._server is not None:
+            if self._listener is not None:
                 raise
             # Cancelled by aclose: end quietly (asyncio logs a handler that ends cancelled as an error).
         finally:
-            self._connections.discard(task)
             writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (length := await read_frame_length(reader, self._max_request_bytes)) is not None:
-            if self._buffered_bytes + length > MAX_BUFFERED_REQUESTS * self._max_request_bytes:
-                raise BridgeError("bridge is busy: too many large requests at once")
-            self._buffered_bytes += length
+            if not self._budget.take(length):
+                raise BridgeError("the bridge is busy: too many large requests at once")
             try:
                 if not await self._handle_frame(length, reader, writer):
                     return
             finally:
-                self._buffered_bytes -= length
+                self._budget.give(length)
 
     async def _handle_frame(
         self, length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -157,23 +244,31 @@ class BridgeServer:
             body = await reader.readexactly(length)
         except asyncio.IncompleteReadError as exc:
             raise BridgeError("bridge stream ended inside a frame") from exc
-        try:
-            if length > PARSE_IN_THREAD_BYTES:
-                request = await asyncio.to_thread(decode_request, body)
-            else:
-                request = decode_request(body)
-        except BridgeError as exc:
-            await self._send(writer, _refusal(0, "ProtocolError", str(exc)))
-            return False
+        async with self._parsing:
+            try:
+                request, values = decode_request(body, self._max_request_values)
+            except BridgeError as exc:
+                self.misbehaviour.record("bridge_malformed_request", reason=str(exc)[:200])
+                await self._send(writer, _refusal(request_id_hint(body), "ProtocolError", str(exc)))
+                return False
+        parsed = parsed_size_bound(body, values)
         del body
         if not hmac.compare_digest(request.token.encode(), self._token):
+            self.misbehaviour.record("bridge_bad_token")
             await self._send(writer, _refusal(request.id, "ProtocolError", "bad bridge token"))
             return False
         if isinstance(request, ReadyRequest):
             self.ready.set()
             await self._send(writer, Response(id=request.id, ok=True))
             return True
-        response = await self._answer_unless_hung_up(request, reader)
+        if not self._budget.take(parsed):
+            message = "the bridge is busy with other large requests of this sandbox; try again"
+            await self._send(writer, _refusal(request.id, "LLMQueryError", message))
+            return True
+        try:
+            response = await self._answer_unless_hung_up(request, reader)
+        finally:
+            self._budget.give(parsed)
         if response is None:
             log.info("bridge.caller_hung_up", request_id=request.id)
             return False

@@ -85,6 +85,9 @@ class SandboxConfig(BaseModel):
     max_prompt_chars: int = Field(2_000_000, ge=1, description="largest prompt a cell may send a sub-model")
     max_batch_size: int = Field(4096, ge=1, description="most prompts in one llm_query_batched call")
     max_request_bytes: int = Field(32 * 2**20, ge=4096, description="largest bridge request (one batch)")
+    max_request_values: int = Field(
+        100_000, ge=1000, description="most JSON values in one bridge request (bounds its parsing cost)"
+    )
     max_final_chars: int = Field(1_000_000, ge=1, description="largest final answer accepted")
 
     @field_validator("runtime_dir")

@@ -1,47 +1,107 @@
-"""The host's connection to a sandboxed IPython kernel over ZMQ ``ipc`` sockets (sole jupyter_client user).
+"""The host's connection to a sandboxed IPython kernel: Jupyter messages over ZMTP on the ``ipc`` sockets.
 
-The connection is made once, after the kernel has bound its sockets and before any untrusted code runs, with
-ZMQ reconnection disabled: if sandboxed code ever swapped a socket file, the host would not follow it.
-Everything the kernel sends is untrusted: sizes are capped by ZMQ (whole messages) and here (cell output).
+The connection is made once, after the kernel has bound its sockets and before any untrusted code runs, and
+never again: if sandboxed code ever swapped a socket file, the host would not follow it. Everything the
+kernel sends is untrusted. A message is read only up to its channel's byte and frame limits (``zmtp.py``),
+its JSON only up to a number of values (``untrusted.py``), and its output only up to the cell's caps.
+A channel the kernel breaks resolves ``lost``; reads on it raise ChannelLost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-import zmq
-import zmq.asyncio
-from jupyter_client.asynchronous import AsyncKernelClient
-
+from rlmbox.misbehaviour import Misbehaviour
 from rlmbox.protocol import DROPPED_MIME, FINAL_MIME
+from rlmbox.untrusted import UntrustedDataError, loads
+from rlmbox.zmtp import ChannelClosed, MessageLimits, ZMTPChannel
 
-__all__ = ["KernelConnection", "RawCell", "kernel_context", "max_frame_bytes"]
+__all__ = [
+    "MAX_MESSAGE_FRAMES",
+    "MAX_MESSAGE_VALUES",
+    "MAX_REPLY_BYTES",
+    "ChannelLost",
+    "KernelConnection",
+    "KernelMessage",
+    "RawCell",
+    "decode_message",
+    "max_iopub_bytes",
+]
 
-log = structlog.get_logger(__name__)
+# What one message of the kernel may hold. An honest message is 6 or 7 frames (routing, delimiter,
+# signature, header, parent header, metadata, content) of a few dozen JSON values; output is capped in the
+# kernel (``rlmbox_kernel._output_cap``) far below the byte limits. Anything larger breaks the protocol.
+MAX_MESSAGE_FRAMES = 16
+MAX_MESSAGE_VALUES = 4096  # JSON values in each of a message's four JSON parts
+MAX_REPLY_BYTES = 1024 * 1024  # shell and control: replies, tracebacks capped in the kernel
+DELIMITER = b"<IDS|MSG>"
+PROTOCOL_VERSION = "5.3"
+_SOCKET_TYPES = {
+    "shell": ("DEALER", ("ROUTER",)),
+    "control": ("DEALER", ("ROUTER",)),
+    "iopub": ("SUB", ("PUB", "XPUB")),
+}
 
-# What a kernel can make the host hold is bounded by (messages queued per socket) x (largest frame). The
-# kernel caps its own output at the source (``rlmbox_kernel._output_cap``) far below these; a frame over a
-# limit is a protocol violation: ZMQ drops the connection, the host notices at once and replaces the kernel.
-RECEIVE_QUEUE_MESSAGES = 4
-MAX_REPLY_FRAME_BYTES = 1024 * 1024  # shell and control replies: small, tracebacks capped in the kernel
 
-
-def max_frame_bytes(max_output_bytes: int, max_final_chars: int) -> int:
-    """Largest iopub frame an honest kernel sends: its capped output JSON-escaped (6 bytes a char at most)."""
+def max_iopub_bytes(max_output_bytes: int, max_final_chars: int) -> int:
+    """Largest iopub message an honest kernel sends: its capped output JSON-escaped (6 bytes a character
+    at most)."""
     return 1024 * 1024 + 6 * max(max_output_bytes, max_final_chars)
 
 
-def kernel_context() -> zmq.asyncio.Context:
-    """A ZMQ context whose sockets never reconnect (a swapped socket file is never followed) and queue
-    little."""
-    context = zmq.asyncio.Context()
-    context.setsockopt(zmq.RECONNECT_IVL, -1)
-    context.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES)
-    return context
+class ChannelLost(ConnectionError):
+    """A kernel channel ended (the kernel broke it or died); nothing more will come from it."""
+
+
+@dataclass(frozen=True)
+class KernelMessage:
+    """A message from the kernel whose signature checked out; ``content()`` parses its content on demand."""
+
+    msg_type: str
+    parent_id: str | None
+    raw_content: bytes
+
+    def content(self) -> dict[str, Any]:
+        """The message's content (empty when it is not a JSON object); raises UntrustedDataError."""
+        content = loads(self.raw_content, max_values=MAX_MESSAGE_VALUES)
+        return content if isinstance(content, dict) else {}
+
+
+def decode_message(frames: list[bytes], key: bytes) -> KernelMessage:
+    """Check a Jupyter message's framing and signature and read its header; raises UntrustedDataError."""
+    try:
+        start = frames.index(DELIMITER) + 1
+    except ValueError:
+        raise UntrustedDataError("no message delimiter") from None
+    parts = frames[start : start + 5]
+    if len(parts) < 5:
+        raise UntrustedDataError("a message of fewer than five parts")
+    signature, header, parent, metadata, content = parts
+    if not hmac.compare_digest(signature, _sign(key, (header, parent, metadata, content))):
+        raise UntrustedDataError("a bad signature")
+    header_value, parent_value = (loads(part, max_values=MAX_MESSAGE_VALUES) for part in (header, parent))
+    msg_type = header_value.get("msg_type") if isinstance(header_value, dict) else None
+    parent_id = parent_value.get("msg_id") if isinstance(parent_value, dict) else None
+    if not isinstance(msg_type, str):
+        raise UntrustedDataError("a header without a message type")
+    return KernelMessage(msg_type, parent_id if isinstance(parent_id, str) else None, content)
+
+
+def _sign(key: bytes, parts: tuple[bytes, ...]) -> bytes:
+    digest = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest().encode()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -113,7 +173,7 @@ class RawCell:
         return self._other.add(str(text))
 
     def absorb(self, kind: str, content: dict[str, Any]) -> None:
-        """Take in one iopub message of this cell (its content already known to be a dict)."""
+        """Take in one iopub message of this cell."""
         if kind == "stream":
             (self._stdout if content.get("name") == "stdout" else self._stderr).add(
                 str(content.get("text", ""))
@@ -149,122 +209,165 @@ class RawCell:
 class KernelConnection:
     """Shell, iopub and control channels to one kernel; ``connect`` once, ``close`` once.
 
-    ``lost`` resolves, with a reason, when the kernel breaks a channel (an oversize frame, a closed socket);
-    nothing is reconnected.
+    ``lost`` resolves, with a reason, when the kernel breaks a channel (a message over a limit, garbage
+    framing, a closed socket); nothing is reconnected. Messages that do not decode are dropped and counted
+    in ``misbehaviour``.
     """
 
     def __init__(
-        self, connection_info: dict[str, Any], *, max_output_bytes: int, max_final_chars: int
+        self,
+        connection_info: dict[str, Any],
+        *,
+        max_output_bytes: int,
+        max_final_chars: int,
+        misbehaviour: Misbehaviour,
     ) -> None:
-        self._context = kernel_context()
-        self._client = AsyncKernelClient(context=self._context)
-        self._client.load_connection_info(connection_info)
+        self._key = str(connection_info["key"]).encode()
+        self._paths = {
+            name: f"{connection_info['ip']}-{connection_info[f'{name}_port']}" for name in _SOCKET_TYPES
+        }
         self._max_output_bytes = max_output_bytes
         self._max_final_chars = max_final_chars
-        self.max_frame_bytes = max_frame_bytes(max_output_bytes, max_final_chars)
+        iopub_bytes = max_iopub_bytes(max_output_bytes, max_final_chars)
+        self.limits = {
+            "shell": MessageLimits(MAX_REPLY_BYTES, MAX_MESSAGE_FRAMES),
+            "control": MessageLimits(MAX_REPLY_BYTES, MAX_MESSAGE_FRAMES),
+            "iopub": MessageLimits(iopub_bytes, MAX_MESSAGE_FRAMES),
+        }
+        self.misbehaviour = misbehaviour
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._monitors: list[asyncio.Task[None]] = []
-        self.undecodable = 0
+        self._channels: dict[str, ZMTPChannel] = {}
+        self._session_id = uuid.uuid4().hex
 
     async def connect(self, timeout: float) -> None:
         """Open the channels and wait until the kernel answers on shell and publishes on iopub."""
-        # A channel's socket is created, with the context's current options, the first time it is named.
-        self._context.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_FRAME_BYTES)
-        channels = {"shell": self._client.shell_channel, "control": self._client.control_channel}
-        self._context.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
-        channels["iopub"] = self._client.iopub_channel
-        self._client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
-        for name, channel in channels.items():
-            self._monitors.append(asyncio.ensure_future(self._watch(name, channel.socket)))
-        msg_id = self._client.kernel_info()
         async with asyncio.timeout(timeout):
-            await self._reply(self._client.shell_channel, msg_id)
+            opened = await asyncio.gather(
+                *(self._open(name, timeout) for name in _SOCKET_TYPES), return_exceptions=True
+            )
+            for name, channel in zip(_SOCKET_TYPES, opened, strict=True):
+                if isinstance(channel, ZMTPChannel):
+                    self._channels[name] = channel
+                elif isinstance(channel, ChannelClosed | OSError):
+                    self._on_lost(name)(f"connecting failed: {channel}")
+                    raise ChannelLost(f"the kernel's {name} socket: {channel}") from channel
+                else:
+                    raise channel
+            msg_id = await self._send("shell", "kernel_info_request", {})
+            await self._reply("shell", msg_id)
             # ipykernel greets each new iopub subscriber; any message proves the subscription is live.
             while True:
-                message = await self._next(self._client.iopub_channel)
-                if message.get("msg_type") == "iopub_welcome" or _parent_id(message) == msg_id:
+                message = await self._next("iopub")
+                if message.msg_type == "iopub_welcome" or message.parent_id == msg_id:
                     break
 
-    async def _watch(self, name: str, socket: zmq.asyncio.Socket) -> None:
-        """Resolve ``lost`` when the kernel's end of ``socket`` goes away."""
-        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        try:
-            await monitor.recv_multipart()
-        except zmq.ZMQError:
-            return  # the context is being torn down
-        finally:
-            with contextlib.suppress(zmq.ZMQError):
-                socket.disable_monitor()
-                monitor.close(linger=0)
-        if not self.lost.done():
-            limit = MAX_REPLY_FRAME_BYTES if name != "iopub" else self.max_frame_bytes
-            reason = f"a message over {limit / 2**20:.1f} MiB, or a closed socket"
-            self.lost.set_result(f"the kernel broke its {name} channel ({reason})")
+    async def _open(self, name: str, timeout: float) -> ZMTPChannel:
+        socket_type, peer_types = _SOCKET_TYPES[name]
+        return await ZMTPChannel.connect(
+            self._paths[name],
+            socket_type,
+            peer_types,
+            self.limits[name],
+            self._on_lost(name),
+            timeout=timeout,
+        )
+
+    def _on_lost(self, name: str) -> Callable[[str], None]:
+        def lost(reason: str) -> None:
+            if not self.lost.done():
+                self.lost.set_result(f"the kernel broke its {name} channel ({reason})")
+
+        return lost
 
     async def execute(self, code: str, timeout: float) -> RawCell:
         """Run ``code``. A cell still running after ``timeout`` comes back with ``completed`` False."""
         # stop_on_error would abort requests queued behind a failing cell; the host never queues any.
-        msg_id = self._client.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        async with asyncio.timeout(timeout):
+            msg_id = await self._send("shell", "execute_request", content)
         cell = RawCell(msg_id, self._max_output_bytes, self._max_final_chars)
         await self.finish(cell, timeout)
         return cell
 
     async def finish(self, cell: RawCell, timeout: float) -> bool:
         """Go on collecting ``cell``'s output until it ends or ``timeout`` passes; True if it ended."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._collect(cell)
+        except TimeoutError:
+            return False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._collect(cell.msg_id, cell), timeout)
-        if cell.completed:
-            with contextlib.suppress(TimeoutError):
-                await self._reply(self._client.shell_channel, cell.msg_id, timeout=1.0)
-        return cell.completed
+            await self._reply("shell", cell.msg_id, timeout=1.0)
+        return True
 
     async def interrupt(self, timeout: float) -> None:
         """Ask the kernel, over the control channel, to raise KeyboardInterrupt in the running cell."""
-        message = self._client.session.msg("interrupt_request", {})
-        self._client.control_channel.send(message)
         with contextlib.suppress(TimeoutError):
-            await self._reply(self._client.control_channel, message["header"]["msg_id"], timeout=timeout)
+            async with asyncio.timeout(timeout):
+                msg_id = await self._send("control", "interrupt_request", {})
+                await self._reply("control", msg_id)
 
     def close(self) -> None:
-        for monitor in self._monitors:
-            monitor.cancel()
-        self._client.stop_channels()
-        self._context.destroy(linger=0)
+        for channel in self._channels.values():
+            channel.close()
+        if not self.lost.done():
+            self.lost.cancel()
 
-    async def _next(self, channel: Any) -> dict[str, Any]:
-        """The next message on ``channel`` that decodes. Frames that do not (a bad signature, content that is
-        not JSON, garbage) are dropped: jupyter_client has consumed them by the time it raises."""
+    async def _send(self, name: str, msg_type: str, content: dict[str, Any]) -> str:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id,
+            "msg_type": msg_type,
+            "username": "rlmbox",
+            "session": self._session_id,
+            "date": datetime.now(UTC).isoformat(),
+            "version": PROTOCOL_VERSION,
+        }
+        parts = (json.dumps(header).encode(), b"{}", b"{}", json.dumps(content).encode())
+        try:
+            await self._channels[name].send([DELIMITER, _sign(self._key, parts), *parts])
+        except ChannelClosed as exc:
+            raise ChannelLost(str(exc)) from None
+        return msg_id
+
+    async def _next(self, name: str) -> KernelMessage:
+        """The next message on channel ``name`` that decodes; others are dropped and counted."""
+        channel = self._channels[name]
         while True:
             try:
-                return await channel.get_msg()
-            except zmq.ZMQError:
-                raise  # the socket itself failed: nothing more will come
-            except Exception as exc:  # anything the bytes made the decoder raise (RecursionError included)
-                self.undecodable += 1
-                if self.undecodable == 1:
-                    log.warning("kernel.undecodable_message", error=str(exc)[:200])
+                frames = await channel.recv()
+            except ChannelClosed as exc:
+                raise ChannelLost(str(exc)) from None
+            try:
+                return decode_message(frames, self._key)
+            except UntrustedDataError as exc:
+                self.misbehaviour.record("undecodable_kernel_message", channel=name, reason=str(exc))
 
-    async def _reply(self, channel: Any, msg_id: str, timeout: float | None = None) -> dict[str, Any]:
+    async def _reply(self, name: str, msg_id: str, timeout: float | None = None) -> KernelMessage:
         async with asyncio.timeout(timeout):
             while True:
-                message = await self._next(channel)
-                if _parent_id(message) == msg_id:
+                message = await self._next(name)
+                if message.parent_id == msg_id:
                     return message
 
-    async def _collect(self, msg_id: str, cell: RawCell) -> None:
+    async def _collect(self, cell: RawCell) -> None:
         while True:
-            message = await self._next(self._client.iopub_channel)
-            content = message.get("content")
-            if _parent_id(message) != msg_id or not isinstance(content, dict):
+            message = await self._next("iopub")
+            if message.parent_id != cell.msg_id:
                 continue
-            if message.get("msg_type") == "status" and content.get("execution_state") == "idle":
+            try:
+                content = message.content()
+            except UntrustedDataError as exc:
+                self.misbehaviour.record("undecodable_kernel_message", channel="iopub", reason=str(exc))
+                continue
+            if message.msg_type == "status" and content.get("execution_state") == "idle":
                 cell.completed = True
                 return
-            cell.absorb(str(message.get("msg_type")), content)
-
-
-def _parent_id(message: dict[str, Any]) -> str | None:
-    """The id of the request a kernel message answers, if the message is well-formed enough to say."""
-    parent = message.get("parent_header")
-    msg_id = parent.get("msg_id") if isinstance(parent, dict) else None
-    return msg_id if isinstance(msg_id, str) else None
+            cell.absorb(message.msg_type, content)

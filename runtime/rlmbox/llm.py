@@ -30,6 +30,7 @@ from rlmbox._exceptions import (
     LLMTimeoutError,
 )
 from rlmbox.config import LLMSettings
+from rlmbox.untrusted import clean_text
 
 __all__ = [
     "DEFAULT_CONTEXT_CHARS",
@@ -353,7 +354,7 @@ class LMClient:
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         completion = Completion(
-            text=text if isinstance(text, str) else str(text),
+            text=clean_text(text if isinstance(text, str) else str(text)),  # model output is untrusted text
             model=model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

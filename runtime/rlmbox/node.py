@@ -89,6 +89,7 @@ class Node:
         self._deadline: asyncio.Timeout | None = None
         self._stopped: BudgetExceeded | None = None
         self._turns: _Turns | None = None
+        self._misbehaviour: dict[str, int] = {}
 
     def stop(self, reason: BudgetExceeded) -> None:
         """End this node's turns now (the tree's budget is spent); it reports ``budget_exhausted``."""
@@ -144,6 +145,7 @@ class Node:
             elapsed_s=round(time.monotonic() - started, 3),
             error=outcome.error,
             budget_limit=outcome.budget_limit,
+            misbehaviour=self._misbehaviour,
         )
         self.tree.nodes.append(summary)
         self.log.write(
@@ -211,6 +213,7 @@ class Node:
             return _failure(exc)
         finally:
             self.tree.kernel_restarts += turns.restarts
+            self._misbehaviour = dict(sandbox.misbehaviour.counts)
 
     def _wall_time_spent(self) -> BudgetExceeded:
         max_wall_s = self.tree.settings.limits.max_wall_s

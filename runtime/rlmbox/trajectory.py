@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,24 @@ def text_digest(text: str, preview_chars: int = PREVIEW_CHARS) -> dict[str, Any]
     }
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    """``record`` as one line of strict JSON: a NaN or an infinity (which no JSON reader accepts) is null."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False, default=str) + "\n"
+    except ValueError:
+        return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False, default=str) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 class EventLog(Protocol):
     """Where a run's events go: ``write("cell", iteration=1, ...)``; ``notify`` tells only the listener
     (live progress), writing nothing."""
@@ -51,7 +70,9 @@ class TrajectoryWriter:
     def __enter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        # Untrusted text is cleaned where it enters; should a lone surrogate slip through anyway, it is
+        # written as "?" rather than lose the run its record.
+        self._handle = os.fdopen(fd, "a", encoding="utf-8", errors="replace")
         return self
 
     def __exit__(
@@ -65,7 +86,7 @@ class TrajectoryWriter:
         if self._handle is None:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
-        self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._handle.write(_json_line(record))
         self._handle.flush()
         if self.listener is not None:
             self.listener(record)

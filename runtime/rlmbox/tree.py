@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rlmbox._exceptions import BudgetExceeded
 from rlmbox.bridge import BridgeHandler
@@ -44,6 +44,9 @@ class NodeSummary(BaseModel):
     elapsed_s: float
     error: str | None = None
     budget_limit: str | None = None
+    misbehaviour: dict[str, int] = Field(
+        default_factory=dict, description="what the node's own sandbox did against the protocol, by kind"
+    )
 
 
 class TreeSummary(BaseModel):
@@ -56,6 +59,9 @@ class TreeSummary(BaseModel):
     peak_sandboxes: int  # most sandboxes held by nodes at once
     kernel_restarts: int
     usage_by_depth: dict[int, dict[str, ModelUsage]]
+    misbehaviour: dict[str, int] = Field(
+        default_factory=dict, description="what the tree's sandboxes did against the protocol, by kind"
+    )
     nodes: list[NodeSummary]
 
 
@@ -178,5 +184,6 @@ class CallTree:
             peak_sandboxes=self.slots.peak,
             kernel_restarts=self.kernel_restarts,
             usage_by_depth=root.usage_by_depth,
+            misbehaviour=dict(sum((Counter(node.misbehaviour) for node in self.nodes), Counter())),
             nodes=sorted(self.nodes, key=lambda node: [int(part) for part in node.id.split(".")]),
         )

@@ -13,6 +13,7 @@ from typing import Self
 from rlmbox.bridge import BridgeHandler
 from rlmbox.config import SandboxConfig
 from rlmbox.log import ensure_logging
+from rlmbox.misbehaviour import Misbehaviour
 
 __all__ = ["CellError", "CellResult", "ContextInput", "KernelExit", "SandboxBackend", "SandboxState"]
 
@@ -113,6 +114,7 @@ class SandboxBackend(abc.ABC):
         self.context = context
         self.handler = handler
         self.state = SandboxState.NEW
+        self.misbehaviour = Misbehaviour()  # what the sandbox did against the protocol, over its life
 
     async def __aenter__(self) -> Self:
         if self.state is SandboxState.NEW:  # one handed out already running (by a pool) is used as it is

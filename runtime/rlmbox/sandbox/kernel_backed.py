@@ -22,7 +22,7 @@ import structlog
 from rlmbox._exceptions import KernelDiedError, SandboxStartError, SandboxStartTimeout
 from rlmbox.bridge import BridgeHandler, BridgeServer
 from rlmbox.config import SandboxConfig
-from rlmbox.kernel import KernelConnection, RawCell
+from rlmbox.kernel import ChannelLost, KernelConnection, RawCell
 from rlmbox.protocol import PROTOCOL_VERSION
 from rlmbox.sandbox.base import (
     CellError,
@@ -93,6 +93,7 @@ class KernelBackedSandbox(SandboxBackend):
         config = self.config
         started = time.perf_counter()
         self._session = session = SessionDir.create(config.runtime_dir)
+        self.misbehaviour.session = session.session_id
         self._bridge = BridgeServer(
             session.bridge_socket,
             token := secrets.token_urlsafe(32),
@@ -100,6 +101,8 @@ class KernelBackedSandbox(SandboxBackend):
             max_prompt_chars=config.max_prompt_chars,
             max_batch_size=config.max_batch_size,
             max_request_bytes=config.max_request_bytes,
+            max_request_values=config.max_request_values,
+            misbehaviour=self.misbehaviour,
         )
         await self._bridge.start()
         await asyncio.to_thread(session.write_context, self.context)
@@ -124,7 +127,9 @@ class KernelBackedSandbox(SandboxBackend):
             host_connection,
             max_output_bytes=config.max_cell_output_bytes,
             max_final_chars=config.max_final_chars,
+            misbehaviour=self.misbehaviour,
         )
+        self._kernel.lost.add_done_callback(self._on_connection_lost)
         try:
             await self._race_exit(self._kernel.connect(config.start_timeout_s))
         except TimeoutError as exc:
@@ -132,7 +137,6 @@ class KernelBackedSandbox(SandboxBackend):
                 f"the kernel did not answer within {config.start_timeout_s:g}s"
             ) from exc
         session.pin_kernel_sockets()
-        self._kernel.lost.add_done_callback(self._on_connection_lost)
         setup = await self._race_exit(
             self._kernel.execute(f"__import__('rlmbox_kernel').install({ro_dir!r})", config.start_timeout_s)
         )
@@ -238,7 +242,8 @@ class KernelBackedSandbox(SandboxBackend):
         return _to_result(cell, time.perf_counter() - started, timeout_message=message, restarted=True)
 
     async def _race_exit(self, work: Awaitable[T]) -> T:
-        """Await ``work`` unless the kernel dies first; then raise KernelDiedError."""
+        """Await ``work`` unless the kernel dies first; then raise KernelDiedError. A channel the kernel broke
+        is a death too: it is judged (``_judge_lost_connection``) before the error is raised."""
         assert self._exited is not None
         if self._exited.done():
             if inspect.iscoroutine(work):
@@ -250,8 +255,9 @@ class KernelBackedSandbox(SandboxBackend):
         finally:
             if not task.done():
                 task.cancel()
-        if task.done() and not task.cancelled():
+        if task.done() and not task.cancelled() and not isinstance(task.exception(), ChannelLost):
             return task.result()
+        await asyncio.shield(self._exited)  # resolved by the judgement of the lost connection
         raise self._death(self._exited.result())
 
     def _death(self, exit_info: KernelExit) -> KernelDiedError:

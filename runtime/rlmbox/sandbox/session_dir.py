@@ -109,9 +109,13 @@ class SessionDir:
         if context is None:
             return
         if isinstance(context, str):
-            self.write_public(CONTEXT_TEXT, context.encode("utf-8"))
+            self.write_public(CONTEXT_TEXT, context.encode("utf-8", "replace"))
         elif isinstance(context, list | dict):
-            self.write_public(CONTEXT_JSON, json.dumps(context, ensure_ascii=False).encode("utf-8"))
+            try:
+                text = json.dumps(context, ensure_ascii=False, allow_nan=False)
+            except ValueError as exc:  # NaN or infinity: not JSON, and no reader would take it back
+                raise ConfigError(f"the context cannot be stored as JSON: {exc}") from None
+            self.write_public(CONTEXT_JSON, text.encode("utf-8", "replace"))
         else:
             raise ConfigError(f"context must be str, list or dict, not {type(context).__name__}")
 
