@@ -3,55 +3,163 @@ cells, and each cell's sub-calls and children.
 
 ``build_view`` is a pure function from the JSONL events to plain dicts (what the page's script reads), so
 the grouping is tested without a browser.
+
+A trajectory is untrusted: model output, cell output, or a file made by hand. Reading never raises on its
+content. Invalid UTF-8 and lone surrogates become U+FFFD, ``NaN``, infinities and numbers too large for a
+double become ``null``, a line that is not a JSON object with a string ``event`` is skipped, and values
+nested deeper than ``MAX_NESTING`` are cut. ``build_view`` then checks each field as it reads it: texts are
+strings (any other JSON value is shown as its JSON text), counts are finite numbers, anything else is
+``None``. So every view is valid JSON of the shape the page expects.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from rlmbox._exceptions import ConfigError
+from rlmbox.untrusted import clean_text
 
-__all__ = ["build_view", "read_events"]
+__all__ = ["MAX_NESTING", "build_view", "parse_event", "read_events"]
 
 Event = dict[str, Any]
+Number = int | float
+
+MAX_NESTING = 32  # deeper JSON values are replaced by CUT: no walk over a value can run out of stack
+CUT = "(nested too deeply)"
+_EXACT_DIGITS = 18  # longer integers are read as floats (ints of thousands of digits cannot be parsed)
+
+
+# -- reading ------------------------------------------------------------------------------------------------
 
 
 def read_events(path: Path) -> tuple[list[Event], int]:
     """The events of a trajectory file, and how many lines were skipped (a line cut by a crash, say)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(f"trajectory {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"cannot read trajectory {path}: {exc}") from exc
     events: list[Event] = []
     skipped = 0
-    for line in lines:
+    # Only "\n" ends a line: str.splitlines() would also split at U+2028, U+0085... which JSON strings
+    # written with ensure_ascii=False may hold.
+    for line in raw.decode("utf-8", errors="replace").split("\n"):
         if not line.strip():
             continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
+        event = parse_event(line)
+        if event is None:
             skipped += 1
-            continue
-        if isinstance(event, dict) and isinstance(event.get("event"), str):
-            events.append(event)
         else:
-            skipped += 1
+            events.append(event)
     if not events:
         raise ConfigError(f"{path} holds no trajectory events (is it an rlmbox JSONL trajectory?)")
     return events, skipped
 
 
-def build_view(events: list[Event]) -> dict[str, Any]:
-    """Group the events by node, turn and cell."""
-    run: dict[str, Any] = {"status": "running"}
-    nodes: dict[str, dict[str, Any]] = {}
+def parse_event(line: str) -> Event | None:
+    """One trajectory line as a clean event, or None when it is not one."""
+    try:
+        value = json.loads(line, parse_constant=_no_number, parse_float=_float, parse_int=_int)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("event"), str):
+        return None
+    return _clean(value, 0)
 
-    def node(node_id: str) -> dict[str, Any]:
-        return nodes.setdefault(
+
+def _no_number(_name: str) -> None:
+    return None  # NaN, Infinity, -Infinity: not JSON, and a page could not embed them
+
+
+def _float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _int(text: str) -> Number | None:
+    return int(text) if len(text.lstrip("-")) <= _EXACT_DIGITS else _float(text)
+
+
+def _clean(value: Any, depth: int) -> Any:
+    """A parsed JSON value with its strings cleaned and its nesting cut at ``MAX_NESTING``."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if not isinstance(value, dict | list):
+        return value
+    if depth >= MAX_NESTING:
+        return CUT
+    if isinstance(value, list):
+        return [_clean(item, depth + 1) for item in value]
+    return {clean_text(key): _clean(item, depth + 1) for key, item in value.items()}
+
+
+# -- fields, read as the page needs them --------------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    """A text field: a string as is, any other JSON value as its JSON text, None as None."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _number(value: Any) -> Number | None:
+    """A finite number, or None (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
+
+
+def _flag(value: Any) -> bool:
+    return value is True
+
+
+def _key(value: Any) -> int | None:
+    """An iteration or cell index: an int, or None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _total(values: Iterable[Any]) -> Number | None:
+    """The sum of the numbers among ``values`` (0 for none), or None if it overflows."""
+    total = sum(number for number in map(_number, values) if number is not None)
+    return total if isinstance(total, int) or math.isfinite(total) else None
+
+
+def _preview(digest: Any) -> str | None:
+    """The text of a trajectory digest (``{"preview": ..., "chars": ...}``), marked when it was cut."""
+    if not isinstance(digest, dict) or "preview" not in digest:
+        return _text(digest)
+    text = _text(digest["preview"]) or ""
+    chars = _number(digest.get("chars"))
+    if digest.get("truncated") is True and chars is not None and chars > len(text):
+        text += f"\n[... {chars - len(text):,} more characters not kept in the trajectory]"
+    return text
+
+
+def _error(value: Any) -> str | None:
+    """A cell's error (``{"ename": ..., "evalue": ...}``) as one line of text."""
+    if isinstance(value, dict) and ("ename" in value or "evalue" in value):
+        return f"{_text(value.get('ename')) or 'Error'}: {_text(value.get('evalue')) or ''}"
+    return _text(value)
+
+
+# -- grouping -----------------------------------------------------------------------------------------------
+
+
+class _Tree:
+    """The view being built: the run, and each node's turns and cells, keyed by id, iteration and index."""
+
+    def __init__(self) -> None:
+        self.run: dict[str, Any] = {"status": "running", "tokens": 0, "cost_known": True}
+        self.nodes: dict[str, dict[str, Any]] = {}
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return self.nodes.setdefault(
             node_id,
             {
                 "id": node_id,
@@ -62,91 +170,157 @@ def build_view(events: list[Event]) -> dict[str, Any]:
             },
         )
 
-    def turn(node_id: str, iteration: int) -> dict[str, Any]:
-        turns = node(node_id)["turns"]
-        return turns.setdefault(iteration, {"iteration": iteration, "cells": {}, "notes": []})
+    def turn(self, node_id: str, iteration: Any) -> dict[str, Any]:
+        """A node's turn; an event without a valid iteration joins the node's last turn (1 if none)."""
+        turns = self.node(node_id)["turns"]
+        key = _key(iteration)
+        if key is None:
+            key = max(turns, default=1)
+        return turns.setdefault(key, {"iteration": key, "cells": {}, "notes": []})
 
-    def cell(node_id: str, iteration: int, index: int) -> dict[str, Any]:
-        cells = turn(node_id, iteration)["cells"]
-        return cells.setdefault(index, {"index": index, "sub_calls": [], "children": []})
+    def cell(self, node_id: str, iteration: Any, index: Any) -> dict[str, Any]:
+        """A turn's cell; without a valid index, cell 0 (where FINAL_VAR lookups run)."""
+        cells = self.turn(node_id, iteration)["cells"]
+        key = _key(index) or 0
+        return cells.setdefault(key, {"index": key, "sub_calls": [], "children": []})
 
+
+def _run_started(tree: _Tree, node_id: str, event: Event) -> None:
+    tree.run.update(
+        run_id=_text(event.get("run_id")),
+        query=_text(event.get("query")),
+        context=_preview(event.get("context")),
+        started=_number(event.get("time")),
+    )
+
+
+def _run_finished(tree: _Tree, node_id: str, event: Event) -> None:
+    usage = event.get("usage")
+    models = [u for u in usage.values() if isinstance(u, dict)] if isinstance(usage, dict) else []
+    tree.run.update(
+        status=_text(event.get("status")) or tree.run["status"],
+        answer=_text(event.get("answer")),
+        error=_text(event.get("error")),
+        budget_limit=_text(event.get("budget_limit")),
+        iterations=_number(event.get("iterations")),
+        sub_calls=_number(event.get("sub_calls")),
+        cost_usd=_number(event.get("cost_usd")),
+        elapsed_s=_number(event.get("elapsed_s")),
+        tokens=_total(u.get(k) for u in models for k in ("prompt_tokens", "completion_tokens")),
+        cost_known=all(u.get("cost_known") is not False for u in models),
+    )
+
+
+def _run_interrupted(tree: _Tree, node_id: str, event: Event) -> None:
+    _run_finished(tree, node_id, event)
+    tree.run["status"] = "interrupted"
+
+
+def _node_started(tree: _Tree, node_id: str, event: Event) -> None:
+    entry = tree.node(node_id)
+    parent = _text(event.get("parent")) or None
+    entry.update(
+        parent=parent,
+        depth=_number(event.get("depth")) or entry["depth"],
+        model=_text(event.get("model")),
+        query=_preview(event.get("query")),
+        context=_preview(event.get("context")),
+    )
+    if parent is not None and "parent_iteration" in event:
+        spot = tree.cell(parent, event["parent_iteration"], event.get("parent_cell"))
+        spot["children"].append(node_id)
+
+
+def _node_finished(tree: _Tree, node_id: str, event: Event) -> None:
+    tree.node(node_id).update(
+        status=_text(event.get("status")) or "running",
+        answer=_preview(event.get("answer")),
+        error=_text(event.get("error")),
+        budget_limit=_text(event.get("budget_limit")),
+        iterations=_number(event.get("iterations")),
+        sub_calls=_number(event.get("sub_calls")),
+        tokens=_number(event.get("tokens")),
+        elapsed_s=_number(event.get("elapsed_s")),
+    )
+
+
+def _system_prompt(tree: _Tree, node_id: str, event: Event) -> None:
+    tree.node(node_id)["system_prompt"] = _text(event.get("text"))
+
+
+def _root_call(tree: _Tree, node_id: str, event: Event) -> None:
+    tree.turn(node_id, event.get("iteration")).update(
+        reply=_text(event.get("reply")),
+        model=_text(event.get("model")),
+        prompt_tokens=_number(event.get("prompt_tokens")),
+        completion_tokens=_number(event.get("completion_tokens")),
+        cost_usd=_number(event.get("cost_usd")),
+        duration_s=_number(event.get("duration_s")),
+    )
+
+
+def _cell(tree: _Tree, node_id: str, event: Event) -> None:
+    tree.cell(node_id, event.get("iteration"), event.get("index")).update(
+        code=_text(event.get("code")),
+        stdout=_preview(event.get("stdout")),
+        stderr=_preview(event.get("stderr")),
+        result=_text(event.get("result")),
+        error=_error(event.get("error")),
+        final=_text(event.get("final")),
+        duration_s=_number(event.get("duration_s")),
+        timed_out=_flag(event.get("timed_out")),
+    )
+
+
+def _sub_call(tree: _Tree, node_id: str, event: Event) -> None:
+    tree.cell(node_id, event.get("iteration"), event.get("cell"))["sub_calls"].append(
+        {
+            "model": _text(event.get("model")),
+            "prompt": _preview(event.get("prompt")),
+            "response": _preview(event.get("response")),
+            "error": _text(event.get("error")),
+            "tokens": _total([event.get("prompt_tokens"), event.get("completion_tokens")]),
+            "cost_usd": _number(event.get("cost_usd")),
+            "duration_s": _number(event.get("duration_s")),
+        }
+    )
+
+
+def _note(tree: _Tree, node_id: str, event: Event) -> None:
+    if event["event"] == "kernel_died":
+        text = f"kernel died: {_text(event.get('reason'))}"
+    else:
+        found = "found" if event.get("found") else "not found"
+        text = f"FINAL_VAR({_text(event.get('variable'))!r}): {found}"
+    tree.turn(node_id, event.get("iteration") or None)["notes"].append(text)  # iteration 0: the last turn
+
+
+_HANDLERS: dict[str, Callable[[_Tree, str, Event], None]] = {
+    "run_started": _run_started,
+    "run_finished": _run_finished,
+    "run_interrupted": _run_interrupted,
+    "node_started": _node_started,
+    "node_finished": _node_finished,
+    "system_prompt": _system_prompt,
+    "root_call": _root_call,
+    "cell": _cell,
+    "sub_call": _sub_call,
+    "kernel_died": _note,
+    "final_var": _note,
+}
+
+
+def build_view(events: list[Event]) -> dict[str, Any]:
+    """Group the events (as ``read_events`` returns them) by node, turn and cell; nodes come in call-tree
+    order, each with its ``level``."""
+    tree = _Tree()
     for event in events:
-        kind = event["event"]
-        node_id = str(event.get("node", "1"))
-        if kind == "run_started":
-            run.update(
-                run_id=event.get("run_id"),
-                query=event.get("query"),
-                context=event.get("context"),
-                started=event.get("time"),
-            )
-        elif kind in ("run_finished", "run_interrupted"):
-            run.update({k: v for k, v in event.items() if k not in ("event", "node")})
-            if kind == "run_interrupted":
-                run["status"] = "interrupted"
-        elif kind == "node_started":
-            entry = node(node_id)
-            entry.update(
-                parent=event.get("parent"),
-                depth=event.get("depth", entry["depth"]),
-                model=event.get("model"),
-                query=_preview(event.get("query")),
-                context=event.get("context"),
-                limits=event.get("limits"),
-            )
-            parent = event.get("parent")
-            if parent is not None and "parent_iteration" in event:
-                spot = cell(str(parent), event["parent_iteration"], event.get("parent_cell", 0))
-                spot["children"].append(node_id)
-        elif kind == "node_finished":
-            node(node_id).update({k: v for k, v in event.items() if k not in ("event", "node", "time")})
-            node(node_id)["answer"] = _preview(event.get("answer"))
-        elif kind == "system_prompt":
-            node(node_id)["system_prompt"] = event.get("text")
-        elif kind == "root_call":
-            turn(node_id, event["iteration"]).update(
-                reply=event.get("reply"),
-                model=event.get("model"),
-                prompt_tokens=event.get("prompt_tokens"),
-                completion_tokens=event.get("completion_tokens"),
-                cost_usd=event.get("cost_usd"),
-                duration_s=event.get("duration_s"),
-            )
-        elif kind == "cell":
-            cell(node_id, event["iteration"], event["index"]).update(
-                code=event.get("code"),
-                stdout=_preview(event.get("stdout")),
-                stderr=_preview(event.get("stderr")),
-                result=event.get("result"),
-                error=event.get("error"),
-                final=event.get("final"),
-                duration_s=event.get("duration_s"),
-                timed_out=event.get("timed_out"),
-            )
-        elif kind == "sub_call":
-            cell(node_id, event.get("iteration", 0), event.get("cell", 0))["sub_calls"].append(
-                {
-                    "model": event.get("model"),
-                    "prompt": _preview(event.get("prompt")),
-                    "response": _preview(event.get("response")),
-                    "error": event.get("error"),
-                    "tokens": (event.get("prompt_tokens") or 0) + (event.get("completion_tokens") or 0),
-                    "cost_usd": event.get("cost_usd"),
-                    "duration_s": event.get("duration_s"),
-                }
-            )
-        elif kind in ("kernel_died", "final_var"):
-            text = (
-                f"kernel died: {event.get('reason')}"
-                if kind == "kernel_died"
-                else f"FINAL_VAR({event.get('variable')!r}): {'found' if event.get('found') else 'not found'}"
-            )
-            iteration = event.get("iteration") or max(node(node_id)["turns"], default=1)
-            turn(node_id, iteration)["notes"].append(text)
-    for entry in nodes.values():
+        handler = _HANDLERS.get(event["event"])
+        if handler is not None:
+            handler(tree, _text(event.get("node")) or "1", event)
+    for entry in tree.nodes.values():
         entry["turns"] = [_close_turn(t) for _, t in sorted(entry["turns"].items())]
-    ordered = sorted(nodes.values(), key=lambda n: [int(p) for p in n["id"].split(".") if p.isdigit()])
-    return {"run": run, "nodes": ordered}
+    return {"run": tree.run, "nodes": _tree_order(tree.nodes)}
 
 
 def _close_turn(turn: dict[str, Any]) -> dict[str, Any]:
@@ -154,26 +328,43 @@ def _close_turn(turn: dict[str, Any]) -> dict[str, Any]:
     sub_calls = [s for c in cells for s in c["sub_calls"]]
     turn["cells"] = cells
     turn["sub_call_count"] = len(sub_calls)
-    turn["tokens"] = (
-        (turn.get("prompt_tokens") or 0)
-        + (turn.get("completion_tokens") or 0)
-        + sum(s["tokens"] for s in sub_calls)
+    turn["tokens"] = _total(
+        [turn.get("prompt_tokens"), turn.get("completion_tokens"), *(s["tokens"] for s in sub_calls)]
     )
     costs = [turn.get("cost_usd"), *(s["cost_usd"] for s in sub_calls)]
-    turn["cost_usd"] = sum(c for c in costs if c) if any(c is not None for c in costs) else None
-    turn["seconds"] = (turn.get("duration_s") or 0) + sum(c.get("duration_s") or 0 for c in cells)
+    turn["cost_usd"] = _total(costs) if any(c is not None for c in costs) else None
+    turn["seconds"] = _total([turn.get("duration_s"), *(c.get("duration_s") for c in cells)])
     return turn
 
 
-def _preview(digest: Any) -> str | None:
-    """The text of a trajectory digest (``{"preview": ..., "chars": ...}``), marked when it was cut."""
-    if digest is None or isinstance(digest, str):
-        return digest
-    if isinstance(digest, dict) and "preview" in digest:
-        text = str(digest["preview"])
-        if digest.get("truncated"):
-            text += (
-                f"\n[... {digest.get('chars', 0) - len(text):,} more characters not kept in the trajectory]"
-            )
-        return text
-    return json.dumps(digest)
+def _tree_order(nodes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The nodes depth-first, children in id order, each with its ``level`` below its root.
+
+    A node whose parent is not in the trajectory is a root; so is the first node of a parent cycle (which
+    only a hand-made file can hold). Iterative: a chain of any length cannot overflow a stack.
+    """
+    by_id = sorted(nodes.values(), key=lambda n: _id_key(n["id"]))
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for entry in by_id:
+        parent = entry["parent"] if entry["parent"] in nodes else None
+        children.setdefault(parent, []).append(entry)
+    ordered: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    for start in [*children.get(None, []), *by_id]:
+        stack = [(start, 0)]
+        while stack:
+            entry, level = stack.pop()
+            if entry["id"] in placed:
+                continue
+            placed.add(entry["id"])
+            ordered.append({**entry, "level": level})
+            stack.extend((child, level + 1) for child in reversed(children.get(entry["id"], [])))
+    return ordered
+
+
+def _id_key(node_id: str) -> list[tuple[int, int, str]]:
+    """Sorts "1.2" before "1.10": ASCII digit parts by value (compared as text, so any length), then text."""
+    return [
+        (0, len(part.lstrip("0")), part.lstrip("0")) if part.isascii() and part.isdigit() else (1, 0, part)
+        for part in node_id.split(".")
+    ]
