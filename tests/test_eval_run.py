@@ -4,10 +4,14 @@ scripted server that solves the needle by rule; results, summary, resume, record
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +107,70 @@ def test_a_task_file_with_a_bad_line_runs_the_good_ones(runtime_dir, tmp_path):
     assert f"{tasks}: line 2:" in done.stderr and "(skipped)" in done.stderr
     (row,) = results(tmp_path / "o")
     assert (row["score"], row["team"]) == (1.0, "blue")
+
+
+def fifo_and_good_tasks(folder: Path) -> Path:
+    """A task file whose first task's context_path is a FIFO nobody writes to, and a good second task."""
+    os.mkfifo(folder / "pipe.txt")
+    tasks = folder / "tasks.jsonl"
+    stuck = {"id": "fifo", "query": "q", "context_path": "pipe.txt", "answer": "x", "scorer": "exact"}
+    good = {"id": "good", "query": "What is the special magic number for red-fox mentioned in the document?",
+            "context": "One of the special magic numbers for red-fox is: 7654321.", "answer": "7654321",
+            "scorer": "exact"}  # fmt: skip
+    tasks.write_text(f"{json.dumps(stuck)}\n{json.dumps(good)}\n")
+    return tasks
+
+
+@pytest.mark.timeout(240)
+def test_a_task_whose_context_is_a_fifo_fails_and_the_others_are_scored(runtime_dir, tmp_path):
+    tasks, out = fifo_and_good_tasks(tmp_path), tmp_path / "o"
+    with ScriptedOpenAIServer(needle_solver) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "rlmbox.cli", "eval", "--suite", str(tasks), "--model", ROOT,
+             "--api-base", server.url, "--out", str(out)],
+            capture_output=True, text=True, env=cli_env(runtime_dir), timeout=180, check=False,
+        )  # fmt: skip
+    # A failed task is a result like any other: the evaluation goes on and succeeds (no --min-score).
+    assert done.returncode == 0, done.stderr
+    refusal = f"ConfigError: context_path 'pipe.txt' ({tmp_path / 'pipe.txt'}) is a FIFO, not a regular file"
+    rows = {(r["id"], r["method"]): r for r in results(out)}
+    assert sorted(rows) == [("fifo", "base"), ("fifo", "rlm"), ("good", "base"), ("good", "rlm")]
+    for method in ("base", "rlm"):
+        assert (rows["fifo", method]["status"], rows["fifo", method]["score"]) == ("error", 0.0)
+        assert rows["fifo", method]["error"] == refusal
+        assert (rows["good", method]["status"], rows["good", method]["score"]) == ("completed", 1.0)
+        assert f"fifo {method}: 0.00 (error: {refusal})" in done.stderr
+    assert rlmbox_containers(runtime_dir) == []
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_stops_an_eval_with_a_run_in_progress(runtime_dir, tmp_path):
+    tasks = fifo_and_good_tasks(tmp_path)
+    asked, release = threading.Event(), threading.Event()
+
+    def root_model(request: dict) -> Reply:
+        asked.set()  # the good task's run is in progress: its sandbox is up and its root model asked
+        release.wait(timeout=120)
+        return Reply(text="FINAL(too late)")
+
+    with ScriptedOpenAIServer(root_model) as server:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rlmbox.cli", "eval", "--suite", str(tasks), "--method", "rlm",
+             "--model", ROOT, "--api-base", server.url, "--out", str(tmp_path / "o")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(runtime_dir),
+        )  # fmt: skip
+        try:
+            assert asked.wait(timeout=120), "the good task's run never asked its root model"
+            assert rlmbox_containers(runtime_dir) != []
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            _, stderr = process.communicate(timeout=60)
+            stopped_in = time.monotonic() - signalled
+        finally:
+            release.set()
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 143, stderr
+    assert stopped_in < 30 and "Traceback" not in stderr
+    assert rlmbox_containers(runtime_dir) == [] and list(runtime_dir.iterdir()) == []

@@ -9,12 +9,13 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from rlmbox import RLM, Settings
+from rlmbox import RLM, RunResult, SandboxPool, Settings
 
 from support.containers import rlmbox_containers
 from support.openai_server import Reply, ScriptedOpenAIServer
@@ -127,24 +128,26 @@ def test_depth_three_tree_with_fewer_sandboxes_than_nodes(runtime_dir, tmp_path)
 
 def test_a_child_exhausting_the_shared_budget_stops_every_node(runtime_dir, tmp_path):
     fan_out = "parts = rlm_query_batched(['greedy', 'slow 1', 'slow 2'])\nprint(parts)"
+    waiting: list[dict] = []
+    siblings_waiting = threading.Event()
+
+    def slow_second_turn(request: dict) -> Reply:
+        waiting.append(request)  # this sibling has had its first turn and waits for its second
+        if len(waiting) == 2:
+            siblings_waiting.set()
+        return cheap(Reply(text="FINAL(not reached)", delay_s=60))
+
+    def greedy_first_turn(request: dict) -> Reply:
+        # Answered once both siblings wait for their slow second turn, however long their sandboxes took
+        # to start; it costs 100,000 tokens: far past the tree's 5,000.
+        siblings_waiting.wait(timeout=60)
+        return Reply(text="Greedy partial.\n```repl\nx = 1\n```", prompt_tokens=99_990, completion_tokens=10)
+
     script = TreeScript(
         {
             "top": [cheap(repl(fan_out, "Working.")), cheap(Reply(text="FINAL(not reached)"))],
-            # After a second, the greedy child's first turn costs 100,000 tokens: far past the tree's 5,000.
-            "greedy": [
-                Reply(
-                    text="Greedy partial.\n```repl\nx = 1\n```",
-                    prompt_tokens=99_990,
-                    completion_tokens=10,
-                    delay_s=1.0,
-                ),
-                cheap(Reply(text="FINAL(not reached)")),
-            ],
-            # Its siblings are by then waiting for a slow second turn.
-            "slow": [
-                cheap(Reply(text="Slow partial.\n```repl\ny = 2\n```")),
-                cheap(Reply(text="FINAL(not reached)", delay_s=60)),
-            ],
+            "greedy": [greedy_first_turn, cheap(Reply(text="FINAL(not reached)"))],
+            "slow": [cheap(Reply(text="Slow partial.\n```repl\ny = 2\n```")), slow_second_turn],
         }
     )
     with ScriptedOpenAIServer(script) as server:
@@ -302,8 +305,18 @@ def test_the_trees_deadline_stops_every_node_as_out_of_budget(runtime_dir, tmp_p
             "sleepy": [repl("import time\ntime.sleep(60)", "Sleeping.")],
         }
     )
+
+    async def run_on_started_sandboxes(settings: Settings) -> RunResult:
+        # The clock starts once a sandbox per node is up: the deadline falls while the children sleep
+        # in their cells, however long containers take to start on this machine.
+        async with SandboxPool(settings.sandbox, size=3) as pool:
+            await pool.wait_ready(timeout=120)
+            assert pool.ready == 3
+            return await RLM(settings, pool=pool).arun("ctx", "top")
+
     with ScriptedOpenAIServer(script) as server:
-        result = RLM(tree_settings(server, runtime_dir, tmp_path, max_wall_s=6)).run("ctx", "top")
+        settings = tree_settings(server, runtime_dir, tmp_path, max_wall_s=6)
+        result = asyncio.run(run_on_started_sandboxes(settings))
     assert (result.status, result.budget_limit, result.answer) == (
         "budget_exhausted",
         "wall_time",
@@ -314,4 +327,5 @@ def test_the_trees_deadline_stops_every_node_as_out_of_budget(runtime_dir, tmp_p
         ("1.1", "budget_exhausted", "wall_time"),
         ("1.2", "budget_exhausted", "wall_time"),
     ]
+    assert len(script.requests_for("sleepy")) == 2  # both children were in their cells
     assert rlmbox_containers(runtime_dir) == []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,3 +246,30 @@ def test_secrets_in_completion_kwargs_and_urls_stay_out_of_the_trajectory(tmp_pa
     text = Path(result.trajectory).read_text()
     assert "hunter2-pass" not in text and "abcdefghijkl" not in text
     assert '"temperature": 0' in text  # the rest of the settings is kept
+
+
+def test_the_first_import_of_litellm_is_not_charged_to_the_run(tmp_path):
+    """In a fresh interpreter, where a run imports litellm itself, the import happens before its clock."""
+    code = textwrap.dedent(f"""
+        import sys
+        from rlmbox import RLM, CellResult, FakeSandbox, Settings
+        from rlmbox.llm import Completion
+
+        class LM:
+            async def complete(self, model, messages, *, timeout_s=None):
+                return Completion("FINAL(on time)", model, 1, 1, 0.0, 0.0, 1)
+
+        assert "litellm" not in sys.modules
+        settings = Settings(llm={{"model": "root-model"}}, limits={{"max_wall_s": 0.5}},
+                            trajectory_dir={str(tmp_path)!r})
+        sandbox = FakeSandbox(lambda code: CellResult())
+        result = RLM(settings, sandbox=sandbox, lm=LM()).run("the context", "the question")
+        print(result.model_dump_json())
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["status"], result["answer"]) == ("completed", "on time")
+    assert result["elapsed_s"] < 0.5

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -474,3 +475,17 @@ def test_thousands_of_turns_and_cells_are_drawn_a_page_at_a_time(tmp_path, brows
     first.get_by_text("show 100 more of 150").click()
     expect(first.locator("div.cell")).to_have_count(200)
     assert browser.problems == []
+
+
+def test_a_trajectory_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    """A FIFO in place of the trajectory (opening it would wait for a writer forever) is refused."""
+    fifo = tmp_path / "run.jsonl"
+    os.mkfifo(fifo)
+    result = subprocess.run(  # noqa: PLW1510 - the exit status is asserted
+        [str(RLMBOX), "view", str(fifo), "--out", str(tmp_path / "page.html")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "is a FIFO, not a regular file" in result.stderr

@@ -22,7 +22,7 @@ from structlog.contextvars import bound_contextvars
 from rlmbox._exceptions import ConfigError
 from rlmbox.config import Settings
 from rlmbox.ledger import Ledger, ModelUsage
-from rlmbox.llm import LMClient
+from rlmbox.llm import LMClient, load_litellm
 from rlmbox.log import ensure_logging, redact
 from rlmbox.node import Node, context_digest
 from rlmbox.sandbox.base import ContextInput, SandboxBackend
@@ -113,6 +113,9 @@ class RLM:
             raise ConfigError("the query is empty")
         run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         path = (trajectory or self.settings.trajectory_dir / f"{run_id}.jsonl").absolute()
+        # Every run reads litellm's model table (for the prompts), even with another ``lm``: its first
+        # import takes seconds, so it happens off the loop and before the clock that --max-time bounds.
+        await asyncio.to_thread(load_litellm)
         ledger = Ledger(self.settings.limits)
         with TrajectoryWriter(path, on_event) as writer, bound_contextvars(run_id=run_id):
             writer.write(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from rlmbox.evals.runner import (
 )
 from rlmbox.evals.suites import SUITES
 from rlmbox.evals.tasks import Task, read_tasks, write_tasks
+from rlmbox.files import read_regular_file
 from rlmbox.llm import LMClient
 from rlmbox.progress import Progress, StatusLine
 
@@ -83,6 +85,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_tasks(args: argparse.Namespace) -> tuple[list[Task], Path]:
+    """The tasks and the folder their context paths are relative to (blocking file I/O: off the loop)."""
     if args.suite in SUITES:
         return SUITES[args.suite](args.lengths, args.n, args.seed), Path.cwd()
     name, _, file = args.suite.partition(":")
@@ -94,7 +97,10 @@ def _load_tasks(args: argparse.Namespace) -> tuple[list[Task], Path]:
         if not path.is_file():
             known = ", ".join([*SUITES, *(f"{loader}:FILE" for loader in LOADERS)])
             raise ConfigError(f"--suite {args.suite}: not a suite ({known}) nor a task file")
-        tasks, problems = read_tasks(path)
+        try:
+            tasks, problems = read_tasks(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read task file {path}: {exc}") from exc
     for problem in problems:
         print(f"rlmbox eval: {path}: {problem} (skipped)", file=sys.stderr)
     if not tasks:
@@ -126,7 +132,7 @@ def _check_same_evaluation(args: argparse.Namespace, settings: Settings) -> None
     }
     path = args.out / "evaluation.json"
     if args.resume and path.exists():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = json.loads(read_regular_file(path))
         changed = sorted(key for key in manifest if recorded.get(key) != manifest[key])
         if changed:
             raise ConfigError(
@@ -137,7 +143,7 @@ def _check_same_evaluation(args: argparse.Namespace, settings: Settings) -> None
 
 
 async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
-    tasks, task_dir = _load_tasks(args)
+    tasks, task_dir = await asyncio.to_thread(_load_tasks, args)
     if args.dump is not None:
         count = write_tasks(tasks, args.dump)
         print(f"rlmbox eval: {count} tasks written to {args.dump}", file=sys.stderr)
@@ -149,7 +155,7 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
 
         offline_policy.register_eval_policies()
         print(f"rlmbox eval: {offline_policy.NOTICE}", file=sys.stderr)
-    _check_same_evaluation(args, settings)
+    await asyncio.to_thread(_check_same_evaluation, args, settings)
     total = 0
     finished: list[EvalResult] = []
 
@@ -166,8 +172,11 @@ async def eval_command(args: argparse.Namespace, settings: Settings) -> int:
         running = ", ".join(f"{m} {score:.3f}" for m, score in mean_scores(finished).items())
         spend = sum(r.cost_usd for r in finished)
         live.prefix = f"[{len(finished)}/{total} done]"
+        outcome = result.status
+        if result.status == "error" and result.error:
+            outcome += ": " + result.error.splitlines()[0]
         status.print_above(
-            f"[{len(finished)}/{total}] {result.id} {result.method}: {result.score:.2f} ({result.status}); "
+            f"[{len(finished)}/{total}] {result.id} {result.method}: {result.score:.2f} ({outcome}); "
             f"mean score {running}; spend ${spend:.4f}"
         )
 

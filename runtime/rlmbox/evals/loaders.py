@@ -24,6 +24,7 @@ from typing import Any
 from rlmbox._exceptions import ConfigError
 from rlmbox.evals.suites.common import CHARS_PER_TOKEN
 from rlmbox.evals.tasks import Task, TaskFileProblem
+from rlmbox.files import read_regular_file
 
 __all__ = ["LOADERS", "load_dataset"]
 
@@ -32,7 +33,7 @@ CODEQA_DOMAIN = "Code Repository Understanding"
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(row number, row) for a JSON list or a JSON-lines file; a line that is not JSON is (number, None)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_regular_file(path).decode("utf-8")
     if text.lstrip().startswith("["):
         yield from enumerate(json.loads(text), start=1)
         return

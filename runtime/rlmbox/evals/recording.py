@@ -6,6 +6,7 @@ and base URL are not part of the key (they do not change the answer) and never s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlmbox._exceptions import LLMError
+from rlmbox.files import read_regular_file
 from rlmbox.llm import Completion
 
 __all__ = ["CompletionClient", "RecordingLMClient", "ReplayMiss"]
@@ -54,15 +56,26 @@ class RecordingLMClient:
     ) -> Completion:
         key = self.key(model, messages)
         path = self._directory / key[:2] / f"{key}.json"
-        if path.exists():
+        recorded = await asyncio.to_thread(_read_recorded, path)
+        if recorded is not None:
             self.hits += 1
-            return Completion(**json.loads(path.read_text(encoding="utf-8")))
+            return recorded
         if self._replay or self._inner is None:
             raise ReplayMiss(f"no recorded answer for this call to {model} (key {key[:16]}); record it first")
         self.misses += 1
         completion = await self._inner.complete(model, messages, timeout_s=timeout_s)
-        _write_atomically(path, json.dumps(dataclasses.asdict(completion), ensure_ascii=False))
+        text = json.dumps(dataclasses.asdict(completion), ensure_ascii=False)
+        await asyncio.to_thread(_write_atomically, path, text)
         return completion
+
+
+def _read_recorded(path: Path) -> Completion | None:
+    """The answer recorded at ``path``, or None when there is none (only a regular file is read)."""
+    try:
+        data = read_regular_file(path, name=f"recorded answer {path}")
+    except FileNotFoundError:
+        return None
+    return Completion(**json.loads(data))
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -25,7 +25,8 @@ from rlmbox.config import Settings
 from rlmbox.evals.recording import CompletionClient
 from rlmbox.evals.scorers import score
 from rlmbox.evals.tasks import Task
-from rlmbox.llm import LMClient, context_window_chars
+from rlmbox.files import read_regular_file
+from rlmbox.llm import LMClient, context_window_chars, load_litellm
 from rlmbox.rlm import RLM
 from rlmbox.sandbox.pool import SandboxPool
 
@@ -74,7 +75,7 @@ def read_results(path: Path) -> list[EvalResult]:
     if not path.exists():
         return []
     results = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_regular_file(path).decode("utf-8").splitlines():
         try:
             results.append(EvalResult.model_validate_json(line))
         except ValueError:
@@ -105,6 +106,8 @@ async def run_eval(
         raise ConfigError("no root model: pass --model or set RLMBOX_MODEL")
     results_path = out / RESULTS_FILE
     done = await asyncio.to_thread(_prepare, results_path, resume)
+    # Both methods read litellm's model table: its first import (seconds) must not count in a task's time.
+    await asyncio.to_thread(load_litellm)
     client: CompletionClient = lm or LMClient(settings.llm)
     limit = asyncio.Semaphore(concurrency)
 
@@ -127,7 +130,7 @@ async def run_eval(
     async with pool, asyncio.TaskGroup() as group:
         for task, method in todo:
             group.create_task(one(task, method))
-    return read_results(results_path)
+    return await asyncio.to_thread(read_results, results_path)
 
 
 def _prepare(results_path: Path, resume: bool) -> set[tuple[str, str]]:
@@ -136,7 +139,7 @@ def _prepare(results_path: Path, resume: bool) -> set[tuple[str, str]]:
         raise ConfigError(f"{results_path} exists: pass --resume to continue it, or choose another --out")
     results_path.parent.mkdir(parents=True, exist_ok=True)
     if results_path.exists():  # a line cut short by a crash would swallow the next result: drop it
-        data = results_path.read_bytes()
+        data = read_regular_file(results_path)
         if data and not data.endswith(b"\n"):
             results_path.write_bytes(data[: data.rfind(b"\n") + 1])
     return {(r.id, r.method) for r in read_results(results_path)}
@@ -157,7 +160,7 @@ async def _answer(
     started = time.perf_counter()
     outcome: dict[str, Any]
     try:
-        context = task.load_context(task_dir)
+        context = await asyncio.to_thread(task.load_context, task_dir)
         if method == "rlm":
             trajectory = out / "trajectories" / f"{file_name(task.id)}.{method}.jsonl"
             rlm = RLM(settings, lm=lm, pool=pool, wait_for_pool=True)  # type: ignore[arg-type]

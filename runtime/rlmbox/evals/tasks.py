@@ -8,6 +8,7 @@ A malformed line is reported with its number and skipped; it never stops the oth
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from rlmbox.files import open_regular_file, read_regular_file
 
 __all__ = ["ScorerName", "Task", "TaskFileProblem", "read_tasks", "write_tasks"]
 
@@ -45,14 +48,20 @@ class Task(BaseModel):
         return dict(self.model_extra or {})
 
     def load_context(self, base: Path) -> str | list[Any] | dict[str, Any]:
-        """The context, or the file at ``context_path`` (relative to ``base``, the task file's folder)."""
+        """The context, or the file at ``context_path`` (relative to ``base``, the task file's folder).
+
+        The file must be a regular file inside that folder (a ConfigError says why not); it is opened
+        without waiting, so a FIFO or a device never blocks. Blocking file I/O: call it off the event loop.
+        """
         if self.context is not None:
             return self.context
         assert self.context_path is not None
         path = (base / self.context_path).resolve()
         if not path.is_relative_to(base.resolve()):  # a task file may not send any file of yours
             raise ValueError(f"context_path {self.context_path!r} leaves the task file's folder")
-        text = path.read_text(encoding="utf-8")
+        # Resolved above: a symbolic link appearing in its place since is refused rather than followed.
+        name = f"context_path {self.context_path!r} ({path})"
+        text = read_regular_file(path, name=name, follow_symlinks=False).decode("utf-8")
         return json.loads(text) if path.suffix == ".json" else text
 
 
@@ -68,11 +77,13 @@ class TaskFileProblem:
 
 
 def read_tasks(path: Path) -> tuple[list[Task], list[TaskFileProblem]]:
-    """Every well-formed task of a JSONL file, and what was wrong with each other non-blank line."""
+    """Every well-formed task of a JSONL file, and what was wrong with each other non-blank line.
+
+    ``path`` must be a regular file (a ConfigError says what it is otherwise)."""
     tasks: list[Task] = []
     problems: list[TaskFileProblem] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
+    with io.TextIOWrapper(open_regular_file(path, name=f"task file {path}"), encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlmbox._exceptions import ConfigError
+from rlmbox.files import read_regular_file
 from rlmbox.untrusted import clean_text
 
 __all__ = ["MAX_NESTING", "build_view", "parse_event", "read_events"]
@@ -39,7 +40,7 @@ _EXACT_DIGITS = 18  # longer integers are read as floats (ints of thousands of d
 def read_events(path: Path) -> tuple[list[Event], int]:
     """The events of a trajectory file, and how many lines were skipped (a line cut by a crash, say)."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, name=f"trajectory {path}")
     except FileNotFoundError as exc:
         raise ConfigError(f"trajectory {path} does not exist") from exc
     except OSError as exc:
