@@ -145,6 +145,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="time limit of one run (default 540, under the openai client's 600 s timeout)",
     )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a request's line and headers must arrive within S seconds of the connection's start or of "
+        "the previous response on it, else the connection is closed (default 10; so idle keep-alive "
+        "connections close after S seconds too)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a request's body must arrive within S seconds of its headers, else 408 (default 60)",
+    )
+    serve.add_argument(
+        "--max-pending",
+        type=int,
+        default=128,
+        metavar="N",
+        help="connections open without having sent a valid token yet; past N, the oldest of them is "
+        "closed to make room, and clients that sent one are never counted (default 128)",
+    )
 
     view = commands.add_parser("view", help="a trajectory as a self-contained HTML page")
     view.add_argument("trajectory", type=Path, metavar="TRAJECTORY.jsonl")
@@ -335,6 +359,9 @@ async def _serve(args: argparse.Namespace) -> int:
             max_runs=args.max_runs,
             max_body_bytes=parse_size(args.max_body),
             timeout_s=args.timeout,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            max_pending=args.max_pending,
         )
     except (ValidationError, ValueError) as exc:
         raise ConfigError(f"invalid serve option: {exc}") from exc

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "ensure_logging", "redact", "redact_secrets"]
+__all__ = ["LOG_INTERVAL_S", "Throttled", "configure_logging", "ensure_logging", "redact", "redact_secrets"]
 
 _SECRET_KEY = re.compile(
     r"(api_?key|token|secret|password|passwd|authorization|credential|cookie)", re.IGNORECASE
@@ -66,3 +67,31 @@ def ensure_logging() -> None:
     """Give library use a quiet default unless the application configured structlog already."""
     if not structlog.is_configured():
         configure_logging(logging.WARNING)
+
+
+# Events an outsider can repeat at will (a sandbox, a client) are written at most once per interval.
+LOG_INTERVAL_S = 10.0
+
+
+class Throttled:
+    """One log event, written at most once per ``interval_s``; each write carries ``suppressed``, the number
+    of calls held back since the previous write."""
+
+    def __init__(self, emit: Callable[..., Any], event: str, interval_s: float = LOG_INTERVAL_S) -> None:
+        self._emit = emit
+        self.event = event
+        self.interval_s = interval_s
+        self.suppressed = 0
+        self._last: float | None = None
+
+    def __call__(self, **fields: Any) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval_s:
+            self.suppressed += 1
+            return
+        self._emit(self.event, suppressed=self.suppressed, **fields)
+        self._last, self.suppressed = now, 0
+
+    def reset(self) -> None:
+        """The condition ended: the next call writes at once."""
+        self._last, self.suppressed = None, 0

@@ -3,9 +3,12 @@
     POST /v1/chat/completions   {"model": "rlmbox/openai/gpt-5-mini", "messages": [...], "context": ...}
     GET  /v1/models
 
-Every request needs one of the server's bearer tokens. At most ``max_runs`` runs at once (more get 429),
-bodies are capped at ``max_body_bytes`` (413), each run at ``timeout_s`` (it then ends as budget exhausted,
-with its partial answer). A client that disconnects cancels its run: the run's containers are removed.
+Every request needs one of the server's bearer tokens; a refused one closes its connection, and at most
+``max_pending`` connections may be open without having presented one. A request's headers must arrive
+within ``header_timeout_s`` of the connection's start or of the previous response, its body within
+``body_timeout_s`` (408). At most ``max_runs`` runs at once (more get 429), bodies are capped at
+``max_body_bytes`` (413), each run at ``timeout_s`` (it then ends as budget exhausted, with its partial
+answer). A client that disconnects cancels its run: the run's containers are removed.
 Errors are OpenAI-style JSON bodies. The server keeps a warm pool of sandboxes for its runs.
 """
 
@@ -27,6 +30,7 @@ from rlmbox import _exceptions
 from rlmbox.config import Settings
 from rlmbox.rlm import RLM, RunResult
 from rlmbox.sandbox.pool import SandboxPool
+from rlmbox.server.listener import ConnectionGate
 from rlmbox.server.schema import (
     MODEL_PREFIX,
     ChatRequest,
@@ -45,10 +49,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROGRESS_EVENTS = {"node_started", "root_call", "cell", "node_finished"}
 MIN_TOKEN_CHARS = 16
 SHUTDOWN_WAIT_S = 60.0
+CLOSING_STATUSES = {401, 408}  # refused token, body too slow: the connection is not kept
 
 
 class ServeOptions(BaseModel):
-    """What the server accepts: its tokens, its root models, and its caps."""
+    """What the server accepts: its tokens, its root models, its caps and its timeouts."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -57,6 +62,13 @@ class ServeOptions(BaseModel):
     max_runs: int = Field(4, ge=1)
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     timeout_s: float = Field(540.0, gt=0)
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers, from the connection's start or the previous response"
+    )
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's body, from the end of its headers")
+    max_pending: int = Field(
+        128, ge=1, description="connections without a valid token yet; past it the oldest one is closed"
+    )
 
     @field_validator("tokens")
     @classmethod
@@ -80,9 +92,10 @@ class _Refused(Exception):
 class RLMService:
     """The web application and the state its requests share (the warm pool, the count of runs)."""
 
-    def __init__(self, settings: Settings, options: ServeOptions) -> None:
+    def __init__(self, settings: Settings, options: ServeOptions, gate: ConnectionGate | None = None) -> None:
         self.settings = settings
         self.options = options
+        self.gate = gate
         self.active = 0
         self._runs: set[asyncio.Task[Any]] = set()
         self._pool: SandboxPool | None = None
@@ -118,7 +131,10 @@ class RLMService:
         try:
             return await handler(request)
         except _Refused as exc:
-            return _error(exc.status, str(exc), exc.kind, exc.code, exc.headers)
+            response = _error(exc.status, str(exc), exc.kind, exc.code, exc.headers)
+            if exc.status in CLOSING_STATUSES:
+                response.force_close()
+            return response
         except _exceptions.ConfigError as exc:
             return _error(400, str(exc), "invalid_request_error")
         except _exceptions.RLMBoxError as exc:
@@ -146,6 +162,8 @@ class RLMService:
             raise _Refused(
                 401, "a valid bearer token is required", "invalid_request_error", "invalid_api_key"
             )
+        if self.gate is not None:
+            self.gate.authenticated(request.transport)
         return await handler(request)
 
     # -- endpoints -----------------------------------------------------------------------------------
@@ -172,7 +190,12 @@ class RLMService:
             self._runs.discard(task)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        try:
+            async with asyncio.timeout(self.options.body_timeout_s):
+                body = await request.read()
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.options.body_timeout_s:g} s"
+            raise _Refused(408, message, "invalid_request_error", "request_timeout") from None
         try:
             chat = ChatRequest.model_validate_json(body)
             query, context = chat.query_and_context()
