@@ -142,28 +142,60 @@ def test_oversize_frame_is_dropped_without_reading_it(tmp_path):
     assert asyncio.run(main()) is None
 
 
-def test_buffered_request_bytes_are_bounded_across_connections(tmp_path):
-    """A hostile kernel announcing many large frames cannot make the host buffer more than its budget."""
+def test_request_bodies_past_the_budget_wait_unread_until_room_is_made(tmp_path):
+    """A hostile kernel announcing many large frames cannot make the host hold more than its budget: a body
+    is charged twice its size while it is read, and one that does not fit waits in the kernel's socket."""
     size = 100_000
     budget = request_budget(size, 10)
+    prompt = "p" * (size - 200)
+    request = frame({"op": "llm_query", "id": 5, "token": TOKEN, "prompts": [prompt]})
 
     async def main():
-        async with serve(tmp_path, Echo(), max_request_bytes=size, max_request_values=10) as bridge:
+        async with serve(
+            tmp_path, Echo(), max_request_bytes=size, max_request_values=10, max_prompt_chars=size
+        ) as bridge:
             holders = []
-            for _ in range(budget // size):  # connections each hold a largest frame open, half sent
+            for _ in range(budget // (2 * size)):  # each holds a largest frame open, half sent
                 _, writer = await asyncio.open_unix_connection(str(bridge.path))
                 writer.write(struct.pack(">I", size) + b"x" * (size // 2))
                 await writer.drain()
                 holders.append(writer)
             async with asyncio.timeout(5):  # until the server has taken in all their headers
-                while bridge._budget.held < len(holders) * size:  # noqa: ASYNC110 - no event exposes this
+                while bridge._budget.held < len(holders) * 2 * size:  # noqa: ASYNC110 - no event for this
                     await asyncio.sleep(0.001)
-            refused = await talk(bridge.path, struct.pack(">I", size) + b"y" * size)
+            waiting = asyncio.ensure_future(talk(bridge.path, request))
+            held_while_full = bridge._budget.held
             for writer in holders:
                 writer.close()
-            return refused
+            response = await waiting
+            return held_while_full, response, bridge._budget.held
 
-    assert asyncio.run(main()) is None
+    held_while_full, response, held_after = asyncio.run(main())
+    assert held_while_full <= budget
+    assert response == {"id": 5, "ok": True, "results": [{"ok": True, "text": "P" * (size - 200)}]}
+    assert held_after == 0
+
+
+def test_the_budget_makes_a_reservation_wait_until_room_is_given_back():
+    from rlmbox.bridge import _Budget
+
+    async def main() -> list[str]:
+        budget, order = _Budget(100), []
+        await budget.reserve(80)
+
+        async def second() -> None:
+            await budget.reserve(50)
+            order.append("second reserved")
+
+        waiting = asyncio.ensure_future(second())
+        await asyncio.sleep(0)
+        order.append("first gives back")
+        assert not budget.take(21) and budget.take(20)
+        budget.give(100)
+        await waiting
+        return order
+
+    assert asyncio.run(main()) == ["first gives back", "second reserved"]
 
 
 def test_limits_on_prompt_size_and_batch_size(tmp_path):
@@ -285,3 +317,20 @@ def test_kernel_wire_constants_match_the_host_protocol():
     ):
         assert getattr(kernel_wire, name) == getattr(protocol, name), name
     assert kernel_wire.HEADER.format == protocol.HEADER.format
+
+
+def test_a_request_past_the_value_limit_is_refused_unparsed_with_its_id(tmp_path):
+    """Values are counted before anything is parsed; the refusal still reaches the call that sent it."""
+
+    async def main():
+        async with serve(tmp_path, Echo(), max_request_values=1000) as bridge:
+            at_limit = {"op": "llm_query", "id": 7, "token": TOKEN, "prompts": ["a"], "model": None}
+            # The request, its six keys and six values, one prompt: 14 values, and 986 more.
+            at_limit["pad"] = [0] * 986
+            over = {**at_limit, "id": 8, "pad": [0] * 987}
+            return await talk(bridge.path, frame(at_limit)), await talk(bridge.path, frame(over))
+
+    at_limit, over = asyncio.run(main())
+    # At the limit it is parsed (and refused only for the field pydantic does not know).
+    assert at_limit["id"] == 7 and "pad" in at_limit["error"]["message"]
+    assert over["id"] == 8 and "more than 1,000 JSON values" in over["error"]["message"]

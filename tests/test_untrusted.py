@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rlmbox.protocol import MAX_REQUEST_VALUES, decode_request
+from rlmbox.protocol import MAX_REQUEST_VALUES, parse_request, request_values
 from rlmbox.untrusted import UntrustedDataError, check_json_values, clean_text, loads, parsed_size_bound
 
 STRINGS = ["", "plain", 'a,b:"[{\\', "x\\\\", '\\"', "\\n\\t", "é, ü: 😀", '\\\\\\"', "[1, 2]", "{a: b}"]
@@ -128,7 +128,8 @@ def test_parsed_size_bound_covers_what_parsing_a_request_builds(context):
     body = json.dumps({"op": "rlm_query", "id": 1, "token": "t", "queries": [query]}).encode()
     tracemalloc.start()
     try:
-        request, values = decode_request(body, MAX_REQUEST_VALUES)
+        values = request_values(body, MAX_REQUEST_VALUES)
+        request = parse_request(body)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -19,9 +19,10 @@ import hmac
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import structlog
 
@@ -30,6 +31,7 @@ from rlmbox.misbehaviour import Misbehaviour
 from rlmbox.protocol import (
     MAX_REQUEST_BYTES,
     MAX_REQUEST_VALUES,
+    AnyRequest,
     ChildQuery,
     ErrorInfo,
     LLMQueryRequest,
@@ -37,16 +39,18 @@ from rlmbox.protocol import (
     ReadyRequest,
     Response,
     RLMQueryRequest,
-    decode_request,
     encode_frame,
+    parse_request,
     read_frame_length,
     request_id_hint,
+    request_values,
 )
 from rlmbox.untrusted import parsed_size_bound, size_bound
 
 __all__ = ["BridgeHandler", "BridgeServer", "request_budget"]
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 MAX_CONNECTIONS = 64
 LISTEN_BACKLOG = 8
@@ -56,6 +60,7 @@ CONNECTION_BURST = 64
 CONNECTIONS_PER_S = 20.0
 CLOSE_TIMEOUT_S = 5.0
 ACCEPT_RETRY_S = 1.0
+PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 def request_budget(max_request_bytes: int, max_request_values: int) -> int:
@@ -73,12 +78,19 @@ class BridgeHandler(Protocol):
 
 
 class _Budget:
-    """Bytes a session's bridge may hold. ``take`` never waits, so requests never wait on each other: it
-    says whether there was room."""
+    """Bytes a session's bridge may hold. ``reserve`` waits for room, ``take`` says whether there is any
+    (a request that already holds bytes never waits for more: two such requests could wait on each other)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.held = 0
+        self._freed = asyncio.Event()
+
+    async def reserve(self, amount: int) -> None:
+        while self.held + amount > self.capacity:
+            self._freed.clear()
+            await self._freed.wait()
+        self.held += amount
 
     def take(self, amount: int) -> bool:
         if self.held + amount > self.capacity:
@@ -88,6 +100,7 @@ class _Budget:
 
     def give(self, amount: int) -> None:
         self.held -= amount
+        self._freed.set()
 
 
 class BridgeServer:
@@ -228,31 +241,56 @@ class BridgeServer:
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (length := await read_frame_length(reader, self._max_request_bytes)) is not None:
-            if not self._budget.take(length):
-                raise BridgeError("the bridge is busy: too many large requests at once")
-            try:
-                if not await self._handle_frame(length, reader, writer):
-                    return
-            finally:
-                self._budget.give(length)
+            if not await self._handle_frame(length, reader, writer):
+                return
 
     async def _handle_frame(
         self, length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        """Read, check and answer one request; False when the connection must end."""
+        """Read, check and answer one request; False when the connection must end.
+
+        What it holds is charged to the budget before it exists: the body twice while it is read (the
+        stream's buffer and the copy handed out), then once, then its parsed form instead."""
+        await self._budget.reserve(2 * length)
+        held = 2 * length
         try:
-            body = await reader.readexactly(length)
-        except asyncio.IncompleteReadError as exc:
-            raise BridgeError("bridge stream ended inside a frame") from exc
-        async with self._parsing:
             try:
-                request, values = decode_request(body, self._max_request_values)
-            except BridgeError as exc:
-                self.misbehaviour.record("bridge_malformed_request", reason=str(exc)[:200])
-                await self._send(writer, _refusal(request_id_hint(body), "ProtocolError", str(exc)))
-                return False
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError as exc:
+                raise BridgeError("bridge stream ended inside a frame") from exc
+            self._budget.give(length)
+            held -= length
+            async with self._parsing:
+                try:
+                    request, parsed = await self._decode(body)
+                except BridgeError as exc:
+                    self.misbehaviour.record("bridge_malformed_request", reason=str(exc)[:200])
+                    await self._send(writer, _refusal(request_id_hint(body), "ProtocolError", str(exc)))
+                    return False
+            del body
+            self._budget.give(length)
+            held = parsed
+            return await self._respond(request, reader, writer)
+        finally:
+            self._budget.give(held)
+
+    async def _decode(self, body: bytes) -> tuple[AnyRequest, int]:
+        """The request in ``body`` and the bytes its parsed form was charged, off the event loop when the
+        body is large (the checks are short scans, each letting the loop run between them)."""
+        off_loop = len(body) > PARSE_IN_THREAD_BYTES
+        values = await _call(off_loop, request_values, body, self._max_request_values)
         parsed = parsed_size_bound(body, values)
-        del body
+        if not self._budget.take(parsed):
+            raise BridgeError("the bridge is busy with other large requests of this sandbox; try again")
+        try:
+            return await _call(off_loop, parse_request, body), parsed
+        except BaseException:
+            self._budget.give(parsed)
+            raise
+
+    async def _respond(
+        self, request: AnyRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         if not hmac.compare_digest(request.token.encode(), self._token):
             self.misbehaviour.record("bridge_bad_token")
             await self._send(writer, _refusal(request.id, "ProtocolError", "bad bridge token"))
@@ -261,14 +299,7 @@ class BridgeServer:
             self.ready.set()
             await self._send(writer, Response(id=request.id, ok=True))
             return True
-        if not self._budget.take(parsed):
-            message = "the bridge is busy with other large requests of this sandbox; try again"
-            await self._send(writer, _refusal(request.id, "LLMQueryError", message))
-            return True
-        try:
-            response = await self._answer_unless_hung_up(request, reader)
-        finally:
-            self._budget.give(parsed)
+        response = await self._answer_unless_hung_up(request, reader)
         if response is None:
             log.info("bridge.caller_hung_up", request_id=request.id)
             return False
@@ -336,3 +367,7 @@ class BridgeServer:
 
 def _refusal(request_id: int, kind: str, message: str) -> Response:
     return Response(id=request_id, ok=False, error=ErrorInfo(type=kind, message=message))  # type: ignore[arg-type]
+
+
+async def _call(off_loop: bool, function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(function, *args) if off_loop else function(*args)

@@ -43,10 +43,11 @@ __all__ = [
     "ReadyRequest",
     "Request",
     "Response",
-    "decode_request",
     "encode_frame",
+    "parse_request",
     "read_frame_length",
     "request_id_hint",
+    "request_values",
 ]
 
 PROTOCOL_VERSION = 1
@@ -178,19 +179,23 @@ async def read_frame_length(reader: asyncio.StreamReader, max_bytes: int) -> int
 AnyRequest = ReadyRequest | LLMQueryRequest | RLMQueryRequest
 
 
-def decode_request(body: bytes, max_values: int) -> tuple[AnyRequest, int]:
-    """Parse and validate a request frame's body of at most ``max_values`` JSON values; returns the request
-    and the bound on its values. Raises BridgeError, before parsing anything when there are too many."""
+def request_values(body: bytes, max_values: int) -> int:
+    """A bound on the JSON values in a request frame's body, found without parsing it; BridgeError past
+    ``max_values``."""
     try:
-        values = check_json_values(body, max_values)
+        return check_json_values(body, max_values)
     except UntrustedDataError:
         raise BridgeError(
             f"a request of more than {max_values:,} JSON values; send fewer or smaller contexts, or a "
             "structured context as one str"
         ) from None
+
+
+def parse_request(body: bytes) -> AnyRequest:
+    """Parse and validate a request frame's body (check its size with ``request_values`` first); raises
+    BridgeError. Straight from bytes: invalid UTF-8, lone surrogates and NaN are refused here."""
     try:
-        # Straight from bytes: invalid UTF-8, lone surrogates and NaN are refused here.
-        return _REQUEST.validate_python(from_json(body, allow_inf_nan=False)), values
+        return _REQUEST.validate_python(from_json(body, allow_inf_nan=False))
     except ValueError as exc:
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
