@@ -24,6 +24,9 @@ ORDER = (
     "network",
     "protocol",
     "bridge",
+    "host",
+    "serve",
+    "viewer",
     "results",
     "faults",
 )

@@ -122,7 +122,8 @@ def fifo_and_good_tasks(folder: Path) -> Path:
 
 
 @pytest.mark.timeout(240)
-def test_a_task_whose_context_is_a_fifo_fails_and_the_others_are_scored(runtime_dir, tmp_path):
+@pytest.mark.attack("host")
+def test_a_task_whose_context_is_a_fifo_fails_and_the_others_are_scored(runtime_dir, tmp_path, observe):
     tasks, out = fifo_and_good_tasks(tmp_path), tmp_path / "o"
     with ScriptedOpenAIServer(needle_solver) as server:
         done = subprocess.run(
@@ -141,6 +142,10 @@ def test_a_task_whose_context_is_a_fifo_fails_and_the_others_are_scored(runtime_
         assert (rows["good", method]["status"], rows["good", method]["score"]) == ("completed", 1.0)
         assert f"fifo {method}: 0.00 (error: {refusal})" in done.stderr
     assert rlmbox_containers(runtime_dir) == []
+    observe(
+        "rlmbox eval on a task file whose context_path is a FIFO (before: the event loop blocked forever)",
+        "that task refused as not a regular file; the others scored",
+    )
 
 
 @pytest.mark.timeout(240)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 
 from support.openai_server import Script, ScriptedOpenAIServer
 from support.scripted_run import ROOT, cli_env, wait_for
@@ -27,6 +28,8 @@ TOKEN = "hostile-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 UNREACHABLE = "http://127.0.0.1:9"
 BOUND_S = 60.0  # every wait on the server is bounded by this
+
+pytestmark = pytest.mark.attack("serve")
 
 
 @dataclass
@@ -130,7 +133,7 @@ class Watched:
             sock.close()
 
 
-def test_slow_headers_are_cut_off_after_the_header_timeout(tmp_path):
+def test_slow_headers_are_cut_off_after_the_header_timeout(tmp_path, observe):
     """Connections whose headers trickle in are closed; a valid client is served meanwhile."""
     with serving(tmp_path, "--header-timeout", "2") as served:
         slow = Watched([connect(served.port) for _ in range(20)])
@@ -144,9 +147,13 @@ def test_slow_headers_are_cut_off_after_the_header_timeout(tmp_path):
         wait_for(cut_off, BOUND_S)
         assert not any(slow.received.values())  # closed without an answer
         slow.close()
+    observe(
+        "20 connections sending their headers a byte at a time (before: held without limit)",
+        "closed at the header timeout; a valid client served meanwhile",
+    )
 
 
-def test_past_the_pending_cap_the_oldest_pending_connections_make_room(tmp_path):
+def test_past_the_pending_cap_the_oldest_pending_connections_make_room(tmp_path, observe):
     """Past ``--max-pending`` connections without a token, each new one resets the oldest pending one, so
     silent connections cannot keep a new client out; a connection that presented a token is never counted
     and keeps being served."""
@@ -171,9 +178,13 @@ def test_past_the_pending_cap_the_oldest_pending_connections_make_room(tmp_path)
         assert len(evicted) == 1  # one line for all the evictions of the interval
         oldest.close()
         newer.close()
+    observe(
+        "10 silent connections against a cap of 4 pending",
+        "the oldest reset to make room, one log line; new and authenticated clients served",
+    )
 
 
-def test_malformed_requests_are_logged_at_most_once_per_interval(tmp_path):
+def test_malformed_requests_are_logged_at_most_once_per_interval(tmp_path, observe):
     """Requests aiohttp cannot parse get a 400 each, but the log gets one line, without a traceback."""
     with serving(tmp_path) as served:
         for _ in range(20):
@@ -186,9 +197,10 @@ def test_malformed_requests_are_logged_at_most_once_per_interval(tmp_path):
     assert not any("Traceback" in x for x in lines)
     logged = [json.loads(x) for x in lines if "serve.http_error" in x]
     assert 1 <= len(logged) <= 2 and "Invalid header" in logged[0]["error"]
+    observe("20 malformed requests (before: a traceback each)", f"400 each; {len(logged)} log line")
 
 
-def test_running_out_of_descriptors_is_logged_boundedly_and_survived(tmp_path):
+def test_running_out_of_descriptors_is_logged_boundedly_and_survived(tmp_path, observe):
     """At the descriptor limit, failed accepts are logged at most once per interval, not once each; when
     the connections holding the descriptors close, valid clients are served again."""
     nofile = 96
@@ -211,9 +223,13 @@ def test_running_out_of_descriptors_is_logged_boundedly_and_survived(tmp_path):
     failed = [json.loads(x) for x in lines if "serve.accept_failed" in x]
     assert failed and failed[0]["error"] == "EMFILE" and failed[0]["fd_limit"] == nofile
     assert any("serve.accepting_again" in x for x in lines)
+    observe(
+        f"{nofile + 60} connections against a descriptor limit of {nofile} (before: 128 MB of log a minute)",
+        f"{len(lines)} log lines in all; valid clients served again once they closed",
+    )
 
 
-def test_a_slow_body_ends_in_408_and_starts_no_run(tmp_path):
+def test_a_slow_body_ends_in_408_and_starts_no_run(tmp_path, observe):
     """An authenticated request whose body does not arrive in time is answered 408, its connection is
     closed, and no run starts."""
     script = Script()
@@ -248,3 +264,4 @@ def test_a_slow_body_ends_in_408_and_starts_no_run(tmp_path):
         slow.close()
         assert served.models_status() == 200
     assert script.requests == [] and not list(served.runs.glob("*.jsonl"))
+    observe("an authenticated request whose body trickles in", "408 at the body timeout; no run started")

@@ -166,7 +166,8 @@ def hostile_trajectory(path: Path) -> Path:
 # -- reading and the model ----------------------------------------------------------------------------------
 
 
-def test_nan_and_infinity_are_embedded_as_null(tmp_path):
+@pytest.mark.attack("viewer")
+def test_nan_and_infinity_are_embedded_as_null(tmp_path, observe):
     """NaN and the infinities (which Python's json writes but no JSON parser reads) become null."""
     path = write_lines(
         tmp_path / "nan.jsonl",
@@ -181,9 +182,11 @@ def test_nan_and_infinity_are_embedded_as_null(tmp_path):
     (turn,) = data["nodes"][0]["turns"]
     assert (turn["cost_usd"], turn["seconds"], turn["tokens"], data["run"]["tokens"]) == (None, 0, 0, 3)
     assert_view_shape(data)
+    observe("a trajectory with NaN and infinities (before: a blank page)", "embedded as null")
 
 
-def test_invalid_unicode_is_replaced_when_read(tmp_path):
+@pytest.mark.attack("viewer")
+def test_invalid_unicode_is_replaced_when_read(tmp_path, observe):
     """Lone surrogates (escaped, so valid JSON) and bytes that are not UTF-8 become U+FFFD, in keys too."""
     path = tmp_path / "surrogates.jsonl"
     path.write_bytes(
@@ -195,6 +198,10 @@ def test_invalid_unicode_is_replaced_when_read(tmp_path):
     assert data["run"]["answer"] == "a\ufffdb" and data["run"]["query"] == "\ufffd\U0001f600"
     assert data["nodes"][0]["turns"][0]["cells"][0]["code"] == "x = '\ufffd\ufffd'"
     assert "<title>rlmbox run r\ufffd</title>" in page.read_text(encoding="utf-8")
+    observe(
+        "invalid UTF-8 and an escaped lone surrogate in a trajectory (before: rlmbox view crashed)",
+        "replaced by U+FFFD",
+    )
 
 
 def test_fields_of_the_wrong_type_are_read_as_the_page_needs_them(tmp_path):
@@ -228,13 +235,17 @@ def test_fields_of_the_wrong_type_are_read_as_the_page_needs_them(tmp_path):
     assert (nodes["1"]["status"], nodes["1"]["answer"], nodes["1"]["parent"]) == ("3", "4", "7")
 
 
-def test_a_fuzzed_trajectory_keeps_the_views_shape(tmp_path):
+@pytest.mark.attack("viewer")
+def test_a_fuzzed_trajectory_keeps_the_views_shape(tmp_path, observe):
     """Each field of each event set to each hostile value: nothing raises, the view keeps its shape."""
     events, skipped = read_events(hostile_trajectory(tmp_path / "fuzz.jsonl"))
     view = build_view(events)
     assert_view_shape(view)
     json.dumps(view, allow_nan=False)
     assert view["run"]["answer"] == ANSWER and skipped == 11
+    observe(
+        "a fuzzed trajectory: every field of every event set to 36 hostile values", "the view keeps its shape"
+    )
 
 
 def test_deep_values_are_cut_and_deeper_lines_skipped(tmp_path):
@@ -364,7 +375,8 @@ def test_the_page_of_a_fuzzed_trajectory_renders_every_node(tmp_path, browser):
     assert browser.problems == []
 
 
-def test_a_marker_run_id_does_not_put_the_data_in_the_title(tmp_path, browser):
+@pytest.mark.attack("viewer")
+def test_a_marker_run_id_does_not_put_the_data_in_the_title(tmp_path, browser, observe):
     """The run id "__RLMBOX_DATA__" used to pull the whole embedded JSON into the page's title."""
     path = write_lines(
         tmp_path / "marker.jsonl",
@@ -377,6 +389,10 @@ def test_a_marker_run_id_does_not_put_the_data_in_the_title(tmp_path, browser):
     assert view.locator("h1").inner_text().startswith("rlmbox run __RLMBOX_DATA__")
     assert view.locator("#final-answer pre").inner_text() == ANSWER
     assert browser.problems == []
+    observe(
+        "a run_id holding the page's data marker (before: the data went into the title)",
+        "the title shows the text",
+    )
 
 
 PATHOLOGICAL_CODE = {
@@ -391,7 +407,8 @@ PATHOLOGICAL_CODE = {
 }
 
 
-def test_pathological_code_loads(tmp_path, browser):
+@pytest.mark.attack("viewer")
+def test_pathological_code_loads(tmp_path, browser, observe):
     """Cells of a megabyte or more, of the kinds a regex highlighter takes quadratic time on.
 
     No timing assertion: the test must hold on a loaded machine. Instead the sizes make quadratic time
@@ -411,6 +428,10 @@ def test_pathological_code_loads(tmp_path, browser):
     shown = view.locator("pre.code").evaluate_all("(all) => all.map((b) => b.textContent.length)")
     assert shown == [len(code) for code in PATHOLOGICAL_CODE.values()]
     assert browser.problems == []
+    observe(
+        "cells of about 9 MB of quotes and backslashes (before: 315 s for 1 MB)",
+        "the page loads; the highlighter is linear",
+    )
 
 
 HIGHLIGHTED = '''\
@@ -477,7 +498,8 @@ def test_thousands_of_turns_and_cells_are_drawn_a_page_at_a_time(tmp_path, brows
     assert browser.problems == []
 
 
-def test_a_trajectory_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+@pytest.mark.attack("viewer")
+def test_a_trajectory_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, observe):
     """A FIFO in place of the trajectory (opening it would wait for a writer forever) is refused."""
     fifo = tmp_path / "run.jsonl"
     os.mkfifo(fifo)
@@ -489,3 +511,4 @@ def test_a_trajectory_path_that_is_not_a_regular_file_is_refused_at_once(tmp_pat
     )
     assert result.returncode != 0
     assert "is a FIFO, not a regular file" in result.stderr
+    observe("rlmbox view on a FIFO", "refused as not a regular file")
