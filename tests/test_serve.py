@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +20,8 @@ import pytest
 
 from support.containers import rlmbox_containers
 from support.openai_server import Reply, ScriptedOpenAIServer
-from support.scripted_run import API_KEY, ROOT, SUB, cli_env, repl, wait_for
+from support.scripted_run import API_KEY, ROOT, SUB, repl, wait_for
+from support.serving import start_serve
 from support.tree_script import TreeScript
 
 pytestmark = pytest.mark.docker
@@ -51,19 +51,11 @@ SCRIPT = {
 
 def start_server(runtime_dir: Path, runs: Path, upstream: str, log: TextIO) -> tuple[subprocess.Popen, str]:
     """``rlmbox serve`` in front of the scripted models; returns the process and its base URL."""
-    env = {**cli_env(runtime_dir), "RLMBOX_TRAJECTORY_DIR": str(runs)}
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "rlmbox.cli", "serve", "--port", "0", "--token", TOKEN,
-            "--model", ROOT, "--sub-model", SUB, "--api-base", upstream, "--max-runs", "2",
-            "--max-body", "1m", "--timeout", "8", "--warm-sandboxes", "0", "--memory", "256m",
-        ],
-        stdout=subprocess.DEVNULL, stderr=log, env=env,
-    )  # fmt: skip
-    text = lambda: Path(log.name).read_text()  # noqa: E731
-    wait_for(lambda: "listening on" in text() or process.poll() is not None, timeout=60)
-    line = next(x for x in text().splitlines() if "listening on" in x)
-    return process, line.split("listening on ", 1)[1].split("/v1", 1)[0]
+    flags = [
+        "--token", TOKEN, "--model", ROOT, "--sub-model", SUB, "--api-base", upstream, "--max-runs", "2",
+        "--max-body", "1m", "--timeout", "8", "--warm-sandboxes", "0", "--memory", "256m",
+    ]  # fmt: skip
+    return start_serve(flags, runtime_dir=runtime_dir, runs=runs, log=log)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -24,11 +23,12 @@ import openai
 import pytest
 
 from support import hostile
-from support.attacks import CONTEXT, PROBE
+from support.attacks import CONTEXT, attack_script
 from support.containers import rlmbox_containers
 from support.neighbour import ECHO, NEIGHBOUR_CONTEXT, NEIGHBOUR_QUERY, NEIGHBOUR_ROOT, NeighbourModels
 from support.openai_server import Reply, Script, ScriptedOpenAIServer
-from support.scripted_run import ROOT, ROOT_SEEN, SUB, SUB_SEEN, cli_env, repl, wait_for
+from support.scripted_run import ROOT, SUB, SUB_SEEN, wait_for
+from support.serving import start_serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.attack("serve")]
 
@@ -81,23 +81,17 @@ def served() -> Iterator[Served]:
     runtime_dir = Path(tempfile.mkdtemp(prefix="rba-", dir="/tmp"))
     runs = Path(tempfile.mkdtemp(prefix="rlmbox-serve-attacks-"))
     upstream = Upstream()
+    flags = [
+        "--token", TOKEN, "--model", ROOT, "--allow-model", NEIGHBOUR_ROOT, "--sub-model", SUB,
+        "--max-runs", "4", "--timeout", "240", "--warm-sandboxes", "0", "--memory", "1g",
+        "--cell-timeout", "60", "--max-iterations", "100000", "--max-sub-calls", "100000",  # the neighbour's
+    ]  # fmt: skip
     with ScriptedOpenAIServer(upstream) as models, (runs / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "rlmbox.cli", "serve", "--port", "0", "--token", TOKEN,
-                "--model", ROOT, "--allow-model", NEIGHBOUR_ROOT, "--sub-model", SUB,
-                "--api-base", models.url, "--max-runs", "4", "--timeout", "240",
-                "--warm-sandboxes", "0", "--memory", "1g", "--cell-timeout", "60",
-                "--max-iterations", "100000", "--max-sub-calls", "100000",  # the neighbour runs on
-            ],
-            stdout=subprocess.DEVNULL, stderr=log,
-            env={**cli_env(runtime_dir), "RLMBOX_TRAJECTORY_DIR": str(runs)},
-        )  # fmt: skip
-        text = (runs / "server.log").read_text
+        process, url = start_serve(
+            [*flags, "--api-base", models.url], runtime_dir=runtime_dir, runs=runs, log=log
+        )
         try:
-            wait_for(lambda: "listening on" in text() or process.poll() is not None, timeout=60)
-            line = next(x for x in text().splitlines() if "listening on" in x)
-            yield Served(line.split("listening on ", 1)[1].split("/v1", 1)[0], process, upstream)
+            yield Served(url, process, upstream)
         finally:
             process.terminate()
             process.wait(timeout=120)
@@ -119,9 +113,7 @@ def attack_beside_a_neighbour(served: Served, cells: list[str]) -> tuple[Any, An
     attack_over = threading.Event()
     neighbour = NeighbourModels(attack_over, sub_model=SUB_SEEN)
     served.upstream.neighbour = neighbour
-    served.upstream.attacker = Script(
-        {ROOT_SEEN: [*map(repl, cells), repl(PROBE), Reply(text="FINAL(done)")]}
-    )
+    served.upstream.attacker = attack_script(cells)
     with ThreadPoolExecutor(1) as pool:
         neighbour_reply = pool.submit(ask, served, NEIGHBOUR_ROOT, NEIGHBOUR_QUERY, NEIGHBOUR_CONTEXT)
         wait_for(lambda: len(neighbour.sent) >= 2 or neighbour_reply.done(), timeout=WAIT_S)

@@ -8,8 +8,6 @@ import json
 import resource
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -22,7 +20,8 @@ import httpx
 import pytest
 
 from support.openai_server import Script, ScriptedOpenAIServer
-from support.scripted_run import ROOT, cli_env, wait_for
+from support.scripted_run import ROOT, wait_for
+from support.serving import start_serve
 
 TOKEN = "hostile-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -61,20 +60,10 @@ def serving(
     # A function run between fork and exec is safe only while no other thread may hold a lock.
     assert nofile is None or threading.active_count() == 1
     limit = None if nofile is None else partial(resource.setrlimit, resource.RLIMIT_NOFILE, (nofile, nofile))
+    flags = ["--token", TOKEN, "--model", ROOT, "--api-base", api_base, "--warm-sandboxes", "0", *flags]
     with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "rlmbox.cli", "serve", "--port", "0", "--token", TOKEN,
-                "--model", ROOT, "--api-base", api_base, "--warm-sandboxes", "0", *flags,
-            ],
-            stdout=subprocess.DEVNULL, stderr=stderr,
-            preexec_fn=limit,  # noqa: PLW1509
-            env={**cli_env(runtime_dir), "RLMBOX_TRAJECTORY_DIR": str(runs)},
-        )  # fmt: skip
+        process, url = start_serve(flags, runtime_dir=runtime_dir, runs=runs, log=stderr, preexec_fn=limit)
         try:
-            wait_for(lambda: "listening on" in log.read_text() or process.poll() is not None, BOUND_S)
-            line = next(x for x in log.read_text().splitlines() if "listening on" in x)
-            url = line.split("listening on ", 1)[1].split("/v1", 1)[0]
             yield Served(url, int(url.rsplit(":", 1)[1]), log, runs)
         finally:
             process.terminate()

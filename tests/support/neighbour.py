@@ -36,11 +36,11 @@ import structlog
 from rlmbox import RLM, RunResult
 from rlmbox.log import ensure_logging
 
-from support.attacks import CONTEXT, PROBE, AttackRun
+from support.attacks import CONTEXT, AttackRun, attack_script
 from support.containers import rlmbox_containers
 from support.host import peak_rss, reset_peak_rss, rss
-from support.openai_server import Handler, Reply, Script, ScriptedOpenAIServer
-from support.scripted_run import ROOT_SEEN, SUB_SEEN, repl, scripted_settings
+from support.openai_server import Handler, Reply, ScriptedOpenAIServer
+from support.scripted_run import ROOT_SEEN, repl, scripted_settings
 
 __all__ = [
     "ECHO",
@@ -290,12 +290,7 @@ def run_beside_neighbour(
     the defaults of ``scripted_settings`` and no turn or sub-call limit to run out of.
     ``neighbour_latency_s`` delays each of the neighbour's root replies (a slower model, fewer turns).
     """
-    turns = [repl(cell) for cell in cells]
-    if probe:
-        turns.append(repl(PROBE))
-    script = Script({ROOT_SEEN: [*turns, Reply(text="FINAL(done)")]})
-    if sub_model is not None:
-        script.add(SUB_SEEN, *[sub_model] * 10_000)
+    script = attack_script(cells, probe=probe, sub_model=sub_model)
     attack_over = threading.Event()
     neighbour_models = NeighbourModels(attack_over)
 
