@@ -68,11 +68,13 @@ security-report: install docker image ## Run the escape suite and regenerate the
 	RLMBOX_SECURITY_REPORT=build/security-report.json "$(VENV)/bin/pytest" -m attack $(PYTEST_ARGS)
 	"$(VENV)/bin/python" scripts/security_table.py build/security-report.json docs/SECURITY.md
 
-bench: install docker image ## Every performance figure against its target (bench/core.py BENCH_ARGS), 16 sessions x 50 cells, a depth-3 call tree, rlmbox serve
+bench: install docker image ## Every performance figure against its target (bench/core.py BENCH_ARGS), 16 sessions x 50 cells, a depth-3 call tree, rlmbox serve, attacks on the host
 	"$(VENV)/bin/python" bench/core.py $(BENCH_ARGS)
 	"$(VENV)/bin/python" bench/soak.py --sessions 16 --cells 50
 	"$(VENV)/bin/python" bench/tree.py
 	"$(VENV)/bin/python" bench/serve.py
+	"$(VENV)/bin/python" bench/hostile.py
+	"$(VENV)/bin/python" bench/serve_hostile.py
 
 soak: install docker image ## Soak test: 16 concurrent sessions x 100 cells with sub-calls (bench/soak.py BENCH_ARGS)
 	"$(VENV)/bin/python" bench/soak.py $(BENCH_ARGS)
