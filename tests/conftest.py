@@ -1,6 +1,6 @@
-"""Shared fixtures. Tests marked ``docker`` need the engine and the sandbox image, and tests using the
-``chromium`` fixture need Chromium and Playwright: they fail when one is missing in CI (``CI=true``) and are
-skipped elsewhere, saying why."""
+"""Shared fixtures. Tests marked ``docker`` need the engine and the sandbox image, tests marked ``realmodel``
+the local model (``make local-model``), and tests using the ``chromium`` fixture need Chromium and
+Playwright: they fail when one is missing in CI (``CI=true``) and are skipped elsewhere, saying why."""
 
 from __future__ import annotations
 
@@ -45,6 +45,33 @@ def _docker_gate(request: pytest.FixtureRequest) -> None:
         return
     if IN_CI:
         pytest.fail(f"Docker tests must run in CI: {problem}")
+    pytest.skip(problem)
+
+
+@functools.cache
+def local_model_problem() -> str | None:
+    """Why tests marked ``realmodel`` cannot run here, or None when they can."""
+    from rlmbox.local_model import MODELS, default_dir
+    from rlmbox.local_model.weights import is_ready
+
+    cache_dir = default_dir()
+    if not (cache_dir / "venv" / "bin" / "python").exists():
+        return f"no local model server in {cache_dir}/venv (run `make local-model`)"
+    missing = [name for name, spec in MODELS.items() if not is_ready(spec, cache_dir / "models")]
+    if missing:
+        return f"the local model {', '.join(missing)} is not in {cache_dir}/models (run `make local-model`)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _realmodel_gate(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("realmodel") is None:
+        return
+    problem = local_model_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"real-model tests must run in CI: {problem}")
     pytest.skip(problem)
 
 
