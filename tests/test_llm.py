@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from rlmbox._exceptions import (
     LLMAuthError,
@@ -27,6 +29,7 @@ from rlmbox._exceptions import (
 from rlmbox.config import LLMSettings
 from rlmbox.llm import (
     DEFAULT_CONTEXT_CHARS,
+    USABLE_CHARS_PER_TOKEN,
     Completion,
     LMClient,
     context_window_chars,
@@ -35,6 +38,7 @@ from rlmbox.llm import (
     load_litellm,
     map_litellm_error,
     retry_after_s,
+    window_chars,
 )
 
 from support.openai_server import Reply, Script, ScriptedOpenAIServer
@@ -403,3 +407,68 @@ def test_importing_rlmbox_llm_does_not_import_litellm() -> None:
         "sys.exit(1 if 'litellm' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
+
+
+# ---------------------------------------------------------------- replies and where models live
+
+
+def test_reasoning_beside_the_content_is_not_the_answer(server: ScriptedOpenAIServer, script: Script) -> None:
+    """Providers that think aloud send ``reasoning_content`` beside ``content``: the content is the answer."""
+    body = completion_body("```repl\nprint(1)\n```", reasoning_content="FINAL(a guess) I should print first.")
+    script.add("root-model", Reply(raw_body=body))
+
+    assert complete(make_client(server), "openai/root-model").text == "```repl\nprint(1)\n```"
+
+
+def test_a_lone_surrogate_in_a_reply_is_replaced(server: ScriptedOpenAIServer, script: Script) -> None:
+    script.add("root-model", Reply(raw_body=completion_body("broken \ud800 text")))  # sent as \\ud800
+
+    assert complete(make_client(server), "openai/root-model").text == "broken \ufffd text"
+
+
+def test_the_sub_model_may_live_at_its_own_base(server: ScriptedOpenAIServer, script: Script) -> None:
+    """``--sub-api-base``: root and sub-model on two servers (a hosted root, a local sub-model, say)."""
+    sub_script = Script({"small": [Reply(text="from the sub server")]})
+    script.add("big", Reply(text="from the root server"))
+    with ScriptedOpenAIServer(sub_script) as sub_server:
+        client = make_client(
+            server, model="openai/big", sub_model="openai/small", sub_api_base=sub_server.url
+        )
+        assert complete(client, "openai/big").text == "from the root server"
+        assert complete(client, "openai/small").text == "from the sub server"
+
+
+def test_windows_given_for_models_litellm_does_not_know() -> None:
+    settings = LLMSettings(
+        model="openai/local-root", sub_model="openai/local-sub", root_window=8192, sub_window=2048
+    )
+    assert window_chars(settings, "openai/local-sub") == 2048 * USABLE_CHARS_PER_TOKEN
+    assert window_chars(settings, "openai/local-root") == 8192 * USABLE_CHARS_PER_TOKEN
+    assert window_chars(LLMSettings(model="openai/local-root"), "openai/local-root") == DEFAULT_CONTEXT_CHARS
+
+
+def test_one_model_cannot_have_two_bases_or_two_windows() -> None:
+    with pytest.raises(ValidationError, match="give one api_base"):
+        LLMSettings(model="openai/m", api_base="http://a", sub_api_base="http://b")
+    with pytest.raises(ValidationError, match="give one window"):
+        LLMSettings(model="openai/m", root_window=100, sub_window=200)
+    assert LLMSettings(model="openai/m", sub_window=200).window_tokens("openai/m") == 200
+
+
+def completion_body(content: str, **message: str) -> bytes:
+    """A chat completion's JSON body as a provider sends it (non-ASCII escaped, as \\uXXXX)."""
+    choice = {
+        "index": 0,
+        "finish_reason": "stop",
+        "message": {"role": "assistant", "content": content, **message},
+    }
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [choice],
+        "usage": usage,
+    }
+    return json.dumps(body).encode()

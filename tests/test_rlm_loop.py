@@ -7,51 +7,14 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from rlmbox import RLM, CellResult, ConfigError, FakeSandbox, KernelDiedError, LLMError, Settings
-from rlmbox.llm import Completion
 from rlmbox.sandbox.base import CellError
 
-Reply = str | None | Exception
-
-
-class ScriptedLM:
-    """Answers the root model's calls from a list; records every call."""
-
-    def __init__(self, replies: list[Reply]) -> None:
-        self.replies = list(replies)
-        self.calls: list[tuple[str, list[dict[str, str]]]] = []
-
-    async def complete(self, model, messages, *, timeout_s=None):
-        self.calls.append((model, [dict(m) for m in messages]))
-        reply = self.replies.pop(0) if self.replies else "still thinking"
-        if isinstance(reply, Exception):
-            raise reply
-        return Completion(reply or "", model, 100, 10, 0.001, 0.01, 1)
-
-
-def settings(tmp_path, **limits) -> Settings:
-    return Settings(llm={"model": "root-model"}, limits=limits, trajectory_dir=tmp_path)
-
-
-def fake(handler: Callable[[str], CellResult] = lambda code: CellResult(stdout=f"ran {code.strip()}\n")):
-    return FakeSandbox(handler)
-
-
-def run(tmp_path, replies, sandbox=None, **limits):
-    lm = ScriptedLM(replies)
-    sandbox = sandbox or fake()
-    result = RLM(settings(tmp_path, **limits), sandbox=sandbox, lm=lm).run("the context", "the question")
-    return result, lm, sandbox
-
-
-def events(result) -> list[dict]:
-    with open(result.trajectory) as handle:
-        return [json.loads(line) for line in handle]
+from support.loop import ScriptedLM, events, fake, run, settings
 
 
 def test_code_runs_and_final_in_prose_ends_the_run(tmp_path):
@@ -63,7 +26,7 @@ def test_code_runs_and_final_in_prose_ends_the_run(tmp_path):
 
 
 def test_every_block_of_a_reply_runs_in_order(tmp_path):
-    _, _, sandbox = run(tmp_path, ["```repl\na = 1\n```\ntext\n```python\nb = 2\n```", "FINAL(x)"])
+    _, _, sandbox = run(tmp_path, ["```repl\na = 1\n```\ntext\n```python\nb = 2\n```", "FINAL('x')"])
     assert sandbox.cells == ["a = 1\n", "b = 2\n"]
 
 
@@ -92,11 +55,21 @@ def test_final_var_of_a_missing_variable_is_reported_not_fatal(tmp_path):
     assert "no such variable" in lm.calls[1][1][-1]["content"]
 
 
-@pytest.mark.parametrize("empty", [None, "", "I think the answer is somewhere.", "```\nnot repl\n```"])
-def test_a_reply_without_code_gets_a_reminder(tmp_path, empty):
-    result, lm, _ = run(tmp_path, [empty, "FINAL(fine)"])
+@pytest.mark.parametrize(
+    ("reply", "reminder"),
+    [
+        (None, "Your reply was empty"),
+        ("", "Your reply was empty"),
+        ("I think the answer is somewhere.", "had no ```repl block"),
+        ("```\nnot repl\n```", "had no ```repl block"),
+        ("x = context[:100]\nprint(x)", "Send it like this:\n```repl\nx = context[:100]\nprint(x)\n```"),
+    ],
+    ids=["none", "empty", "prose", "bare-fence-prose", "unfenced-code"],
+)
+def test_a_reply_without_code_gets_a_precise_reminder(tmp_path, reply, reminder):
+    result, lm, _ = run(tmp_path, [reply, "FINAL('fine')"])
     assert result.status == "completed" and result.answer == "fine"
-    assert "had no ```repl block" in lm.calls[1][1][-1]["content"]
+    assert reminder in lm.calls[1][1][-1]["content"]
 
 
 def test_cell_errors_are_fed_back(tmp_path):
@@ -174,7 +147,7 @@ def test_the_root_model_never_sees_the_context(tmp_path):
 
 
 def test_trajectory_records_the_run_without_secrets(tmp_path):
-    lm = ScriptedLM(["```repl\nx = 1\n```", "FINAL(done)"])
+    lm = ScriptedLM(["```repl\nx = 1\n```", "FINAL('done')"])
     config = Settings(
         llm={"model": "root-model", "api_key": "sk-do-not-leak-123456"}, trajectory_dir=tmp_path
     )

@@ -35,7 +35,12 @@ class FakeLM:
 
 
 def router(
-    tmp_path, lm, limits: Limits, concurrency: int = 4, spawn: SpawnChild | None = None
+    tmp_path,
+    lm,
+    limits: Limits,
+    concurrency: int = 4,
+    spawn: SpawnChild | None = None,
+    models: tuple[str, ...] = ("sub", "root"),
 ) -> tuple[SubCallRouter, Ledger]:
     ledger = Ledger(limits)
     writer = TrajectoryWriter(tmp_path / "t.jsonl").__enter__()
@@ -43,8 +48,8 @@ def router(
         lm,
         ledger,
         writer,
-        default_model="sub",
-        allowed_models={"sub", "root"},
+        default_model=models[0],
+        allowed_models=set(models),
         model_calls=asyncio.Semaphore(concurrency),
         max_prompt_chars=10_000,
         spawn=spawn,
@@ -64,6 +69,17 @@ def test_only_configured_models(tmp_path):
     with pytest.raises(BridgeError, match="not configured for this run"):
         asyncio.run(calls.llm_query(["a"], "openai/gpt-5"))
     assert asyncio.run(calls.llm_query(["a"], "root"))[0].ok
+
+
+def test_a_model_named_without_its_provider_is_the_configured_one_when_only_one_fits(tmp_path):
+    """Seen with Qwen2.5-Coder 1.5B: ``llm_query(p, "qwen-coder-1.5b")`` for ``openai/qwen-coder-1.5b``."""
+    calls, ledger = router(tmp_path, FakeLM(), Limits(), models=("openai/qwen-coder-1.5b", "hosted_vllm/big"))
+    assert asyncio.run(calls.llm_query(["a"], "qwen-coder-1.5b"))[0].ok
+    assert asyncio.run(calls.llm_query(["b"], "big"))[0].ok
+    assert set(ledger.usage) == {"openai/qwen-coder-1.5b", "hosted_vllm/big"}
+    ambiguous, _ = router(tmp_path, FakeLM(), Limits(), models=("openai/m", "ollama/m"))
+    with pytest.raises(BridgeError, match="not configured for this run"):
+        asyncio.run(ambiguous.llm_query(["c"], "m"))  # two fit
 
 
 def test_batch_over_the_sub_call_budget_is_refused_whole(tmp_path):

@@ -14,8 +14,12 @@ RLMBoxError                       base: the CLI prints its message, no traceback
 │   ├── LLMModelNotFoundError     the provider does not know the model
 │   ├── LLMRateLimitError         rate limited past the retry budget
 │   ├── LLMTimeoutError           the provider did not answer in time (also a TimeoutError)
-│   └── LLMBadRequestError        the provider refused the request (context too long, ...)
-└── BudgetExceeded                a limit of the run's ledger was reached
+│   ├── LLMBadRequestError        the provider refused the request (context too long, ...)
+│   └── LLMReplyError             the model keeps replying with nothing rlmbox can use
+├── BudgetExceeded                a limit of the run's ledger was reached
+└── LocalModelError               the local model server could not be started or stopped
+    ├── LocalModelMissingError    its venv or weights are missing (`make local-model`); also a ConfigError
+    └── LocalModelStartTimeout    it did not answer within the start timeout (also a TimeoutError)
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ __all__ = [
     "LLMError",
     "LLMModelNotFoundError",
     "LLMRateLimitError",
+    "LLMReplyError",
     "LLMTimeoutError",
+    "LocalModelError",
+    "LocalModelMissingError",
+    "LocalModelStartTimeout",
     "RLMBoxError",
     "SandboxError",
     "SandboxStartError",
@@ -113,6 +121,10 @@ class LLMBadRequestError(LLMError):
     """The provider refused the request as invalid (for example, a prompt too long for the model)."""
 
 
+class LLMReplyError(LLMError):
+    """The model sent the same reply, with no code and no final answer, again and again."""
+
+
 class BudgetExceeded(RLMBoxError):
     """A limit of the run's ledger (iterations, sub-calls, tokens, cost or time) was reached."""
 
@@ -121,3 +133,15 @@ class BudgetExceeded(RLMBoxError):
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class LocalModelError(RLMBoxError):
+    """The local model server could not be started, found or stopped."""
+
+
+class LocalModelMissingError(LocalModelError, ConfigError):
+    """The local model server's venv or the model's weights are not there (run `make local-model`)."""
+
+
+class LocalModelStartTimeout(LocalModelError, TimeoutError):
+    """The local model server did not answer within its start timeout."""

@@ -1,4 +1,4 @@
-"""The ``rlmbox`` command: run, exec, demo, eval, serve, view, doctor.
+"""The ``rlmbox`` command: run, exec, demo, eval, serve, view, doctor, local-model.
 
 Flags become a ``Settings`` (flags > ``RLMBOX_*`` environment > defaults); expected errors become one line
 on stderr and a non-zero exit code, decided in one place (``main``). ``--debug`` adds tracebacks.
@@ -59,7 +59,33 @@ def _model_flags() -> argparse.ArgumentParser:
     group.add_argument("--model", help="root model, a litellm model string (e.g. openai/gpt-5-mini)")
     group.add_argument("--sub-model", help="model behind llm_query (default: the root model)")
     group.add_argument("--api-base", help="base URL of an OpenAI-compatible server (vLLM, Ollama, ...)")
+    group.add_argument("--sub-api-base", metavar="URL", help="the sub-model's base URL (default: --api-base)")
+    group.add_argument(
+        "--root-window",
+        type=int,
+        metavar="TOKENS",
+        help="the root model's context window, for models litellm does not know (e.g. a local server's)",
+    )
+    group.add_argument(
+        "--sub-window",
+        type=int,
+        metavar="TOKENS",
+        help="the sub-model's context window, for models litellm does not know: sets the chunk size the "
+        "prompt recommends",
+    )
     group.add_argument("--completion-kwargs", type=json.loads, metavar="JSON", help="extra litellm arguments")
+    group.add_argument(
+        "--prompt",
+        choices=("examples", "brief"),
+        help="the root model's system prompt: examples (with worked examples, the default) or brief",
+    )
+    group.add_argument(
+        "--prompt-file",
+        type=Path,
+        metavar="PATH",
+        help="a system prompt of your own: text with $context_summary, $sub_model_note, $chunk_chars, "
+        "$max_output_chars and $recursion where rlmbox fills them in ($$ for a dollar sign)",
+    )
     group.add_argument("--max-iterations", type=int, metavar="N")
     group.add_argument("--max-sub-calls", type=int, metavar="N")
     group.add_argument("--max-tokens", type=int, metavar="N", help="token budget of the whole run")
@@ -180,7 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", parents=[sandbox], help="check that this machine can run sandboxes"
     )
     doctor.set_defaults(json=False)
+
+    from rlmbox.local_model.command import add_local_model_arguments
+
+    add_local_model_arguments(
+        commands.add_parser("local-model", help="a local model server (make local-model) in the background")
+    )
     return parser
+
+
+def _prompt_template(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from rlmbox.files import read_regular_file
+
+    try:
+        return read_regular_file(path, name=f"--prompt-file {path}").decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read --prompt-file {path}: {exc}") from exc
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -211,7 +254,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             model=get("model"),
             sub_model=get("sub_model"),
             api_base=get("api_base"),
+            sub_api_base=get("sub_api_base"),
+            root_window=get("root_window"),
+            sub_window=get("sub_window"),
             completion_kwargs=get("completion_kwargs"),
+            prompt=get("prompt"),
+            prompt_template=_prompt_template(get("prompt_file")),
         ),
         "limits": given(
             max_iterations=get("max_iterations"),
@@ -377,6 +425,12 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _local_model(args: argparse.Namespace) -> int:
+    from rlmbox.local_model.command import local_model_command
+
+    return local_model_command(args)  # blocking on purpose: nothing else runs on this loop
+
+
 COMMANDS = {
     "run": _run,
     "exec": _exec,
@@ -385,6 +439,7 @@ COMMANDS = {
     "serve": _serve,
     "view": _view,
     "doctor": _doctor,
+    "local-model": _local_model,
 }
 
 

@@ -112,6 +112,19 @@ class LLMSettings(BaseSettings):
     model: str | None = None
     sub_model: str | None = Field(None, description="model behind llm_query; defaults to model")
     api_base: str | None = None
+    sub_api_base: str | None = Field(None, description="the sub-model's base URL, when not api_base")
+    root_window: int | None = Field(
+        None, gt=0, description="the root model's context window in tokens, for models litellm does not know"
+    )
+    sub_window: int | None = Field(
+        None, gt=0, description="the sub-model's context window in tokens, for models litellm does not know"
+    )
+    prompt: Literal["brief", "examples"] = Field(
+        "examples", description="the built-in system prompt: examples (worked examples) or brief"
+    )
+    prompt_template: str | None = Field(
+        None, description="a system prompt of your own: a string.Template with rlmbox's $placeholders"
+    )
     api_key: SecretStr | None = None
     completion_kwargs: dict[str, Any] = Field(default_factory=dict)
     request_timeout_s: float = Field(600.0, gt=0)
@@ -124,6 +137,45 @@ class LLMSettings(BaseSettings):
     @property
     def effective_sub_model(self) -> str | None:
         return self.sub_model or self.model
+
+    @model_validator(mode="after")
+    def _one_place_and_window_per_model(self) -> Self:
+        if self.effective_sub_model == self.model and self.model is not None:
+            if self.sub_api_base is not None and self.sub_api_base != self.api_base:
+                raise ValueError("the root and sub-model are the same model: give one api_base, not two")
+            if None not in (self.root_window, self.sub_window) and self.root_window != self.sub_window:
+                raise ValueError("the root and sub-model are the same model: give one window, not two")
+        return self
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _fillable(cls, template: str | None) -> str | None:
+        if template is not None:
+            from rlmbox.prompts import check_template
+
+            check_template(template)
+        return template
+
+    @property
+    def system_prompt_template(self) -> str:
+        """The template of the root model's system prompt: the user's own, or the chosen built-in one."""
+        from rlmbox.prompts import PROMPTS
+
+        return self.prompt_template if self.prompt_template is not None else PROMPTS[self.prompt]
+
+    def api_base_for(self, model: str) -> str | None:
+        """Where ``model`` is served: ``sub_api_base`` for the sub-model when set, else ``api_base``."""
+        if self.sub_api_base is not None and model == self.effective_sub_model:
+            return self.sub_api_base
+        return self.api_base
+
+    def window_tokens(self, model: str) -> int | None:
+        """The context window given for ``model`` (as root or sub-model), if any."""
+        if model == self.effective_sub_model and self.sub_window is not None:
+            return self.sub_window
+        if model == self.model:
+            return self.root_window or (self.sub_window if model == self.effective_sub_model else None)
+        return None
 
 
 class Limits(BaseModel):

@@ -37,6 +37,7 @@ __all__ = [
     "Completion",
     "LMClient",
     "context_window_chars",
+    "window_chars",
     "error_class_for",
     "is_retryable",
     "litellm_exception_types",
@@ -323,8 +324,8 @@ class LMClient:
 
     def _call_kwargs(self, model: str, messages: list[dict[str, str]], timeout: float) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._settings.completion_kwargs)
-        if self._settings.api_base is not None:
-            kwargs["api_base"] = self._settings.api_base
+        if (api_base := self._settings.api_base_for(model)) is not None:
+            kwargs["api_base"] = api_base
         if self._api_key is not None:
             kwargs["api_key"] = self._api_key
         kwargs.update(
@@ -403,6 +404,13 @@ def _cost_usd(response: Any, model: str) -> float | None:
     if not isinstance(cost, int | float) or cost < 0:
         return None
     return float(cost)
+
+
+def window_chars(settings: LLMSettings, model: str) -> int:
+    """About how many characters of prompt ``model`` reads in one call: from the window the settings give
+    for it (``--root-window``, ``--sub-window``), else from litellm's table (``context_window_chars``)."""
+    tokens = settings.window_tokens(model)
+    return tokens * USABLE_CHARS_PER_TOKEN if tokens is not None else context_window_chars(model)
 
 
 def context_window_chars(model: str) -> int:

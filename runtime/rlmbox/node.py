@@ -17,12 +17,21 @@ import structlog
 from pydantic import BaseModel
 from structlog.contextvars import bound_contextvars
 
-from rlmbox._exceptions import BudgetExceeded, KernelDiedError, RLMBoxError
+from rlmbox._exceptions import BudgetExceeded, KernelDiedError, LLMReplyError, RLMBoxError
 from rlmbox.ledger import Charge, Ledger
-from rlmbox.llm import context_window_chars
-from rlmbox.parsing import extract_code_blocks, find_text_final, strip_code_blocks
+from rlmbox.llm import window_chars
+from rlmbox.parsing import (
+    TextFinal,
+    extract_code_blocks,
+    find_code_final,
+    find_text_final,
+    looks_like_code,
+    strip_code_blocks,
+)
 from rlmbox.prompts import (
     Recursion,
+    compacted_message,
+    compaction_request,
     describe_cell,
     first_user_message,
     kernel_restarted_message,
@@ -43,6 +52,13 @@ log = structlog.get_logger(__name__)
 
 # A node cancelled this close to the tree's deadline was cancelled by a parent whose time was up.
 TIME_UP_S = 0.05
+# The same reply, with no code and no final answer, this many times in a row ends the node: it will not
+# change, and each one spends a turn.
+STUCK_REPLIES = 3
+# The root conversation is compacted once it would fill this share of the root model's window; the last
+# reply and its feedback are kept as they are.
+COMPACT_AT = 0.75
+KEEP_RECENT = 2
 
 
 class NodeOutcome(BaseModel):
@@ -175,8 +191,9 @@ class Node:
                 "role": "system",
                 "content": system_prompt(
                     self.context,
+                    template=llm.system_prompt_template,
                     sub_model=sub_model,
-                    sub_model_chars=context_window_chars(sub_model),
+                    sub_model_chars=window_chars(llm, sub_model),
                     max_output_chars=limits.max_output_chars,
                     recursion=Recursion(depth=self.depth, max_depth=limits.max_depth),
                 ),
@@ -209,6 +226,8 @@ class Node:
             return self._stopped_by(self._stopped or self._wall_time_spent())
         except BudgetExceeded as exc:
             return self._stopped_by(exc)
+        except LLMReplyError as exc:  # what the model did write may still be of use
+            return _failure(exc).model_copy(update={"answer": turns.partial_answer})
         except RLMBoxError as exc:
             return _failure(exc)
         finally:
@@ -272,6 +291,8 @@ class _Turns:
         self.partial_answer: str | None = None
         self.restarts = 0
         self.turn = 0
+        self._unusable = ("", 0)  # the last reply with no code and no final answer, and how often in a row
+        self.window_chars = window_chars(node.tree.settings.llm, node.model)
 
     def turns_left(self) -> int:
         available = self.ledger.available("iterations")
@@ -283,6 +304,8 @@ class _Turns:
             self.turn += 1
             self.router.iteration = iteration = self.turn
             with bound_contextvars(iteration=iteration):
+                if _chars(messages) > COMPACT_AT * self.window_chars and len(messages) > 2 + KEEP_RECENT:
+                    messages[:] = await self._compact(messages, iteration)
                 reply = await self._ask_root(messages, iteration)
                 messages.append({"role": "assistant", "content": reply})
                 if prose := strip_code_blocks(reply).strip():
@@ -293,7 +316,36 @@ class _Turns:
                 messages.append({"role": "user", "content": feedback})
         return await self._last_chance(messages)
 
-    async def _ask_root(self, messages: list[dict[str, str]], iteration: int) -> str:
+    async def _compact(self, messages: list[dict[str, str]], iteration: int) -> list[dict[str, str]]:
+        """The conversation with its older turns replaced by a summary the model writes itself (the REPL keeps
+        its state); without the summary when the model cannot give one."""
+        older, recent = messages[2:-KEEP_RECENT], messages[-KEEP_RECENT:]
+        request = [*messages[:2], *older, {"role": "user", "content": compaction_request()}]
+        try:
+            summary = strip_code_blocks(await self._ask_root(request, iteration, "compaction_call")).strip()
+        except (BudgetExceeded, RLMBoxError) as exc:
+            log.warning("node.compaction_failed", error=str(exc)[:200])
+            summary = "(no summary: the model could not be asked for one)"
+        compacted = [
+            messages[0],
+            {"role": "user", "content": compacted_message(messages[1]["content"], summary)},
+            *recent,
+        ]
+        self.log.write(
+            "compaction",
+            iteration=iteration,
+            messages_before=len(messages),
+            chars_before=_chars(messages),
+            chars_after=_chars(compacted),
+            window_chars=self.window_chars,
+            summary=text_digest(summary),
+        )
+        return compacted
+
+    async def _ask_root(
+        self, messages: list[dict[str, str]], iteration: int, event: str = "root_call"
+    ) -> str:
+        """One call of the node's model, charged to the ledger and written to the trajectory as ``event``."""
         model = self.node.model
         async with self.node.tree.model_calls:
             completion = await self.node.tree.lm.complete(
@@ -301,11 +353,11 @@ class _Turns:
             )
         self.ledger.record(Charge.of(completion))
         self.log.write(
-            "root_call",
+            event,
             iteration=iteration,
             model=model,
             messages=len(messages),
-            prompt_chars=sum(len(m["content"]) for m in messages),
+            prompt_chars=_chars(messages),
             new_message=text_digest(messages[-1]["content"]),
             reply=completion.text,
             prompt_tokens=completion.prompt_tokens,
@@ -350,7 +402,7 @@ class _Turns:
         text_final = find_text_final(reply)
         if text_final is not None:
             try:
-                answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+                answer = await self._resolve_final(text_final)
             except KernelDiedError as exc:
                 descriptions.append(
                     await self._recover_kernel(exc, iteration, 0, f"FINAL_VAR({text_final.variable!r})")
@@ -360,17 +412,44 @@ class _Turns:
                 return answer, ""
             descriptions.append(f"[FINAL_VAR({text_final.variable}): no such variable in the REPL]")
         if not blocks and text_final is None:
-            return None, no_code_reminder()
+            return None, self._remind(reply)
+        self._unusable = ("", 0)
         return None, turn_feedback(descriptions, self.turns_left())
 
-    async def _resolve_text_final(self, answer: str | None, variable: str | None) -> str | None:
-        """The answer written in prose, or the value of the variable it names (None if there is none)."""
-        if variable is None:
-            return answer
+    def _remind(self, reply: str) -> str:
+        """A precise reminder for a reply that ran nothing and answered nothing; LLMReplyError when the model
+        sent the same one STUCK_REPLIES times in a row."""
+        same = reply.strip() == self._unusable[0]
+        count = self._unusable[1] + 1 if same else 1
+        self._unusable = (reply.strip(), count)
+        if count >= STUCK_REPLIES:
+            raise LLMReplyError(
+                f"the root model sent the same reply {count} times in a row, with no code to run and no "
+                "final answer"
+            )
+        return no_code_reminder(reply, unfenced_code=looks_like_code(reply))
+
+    async def _resolve_final(self, final: TextFinal) -> str | None:
+        """The answer a final statement outside running code gives: the value of the variable it names (for
+        ``FINAL(name)``, the name itself when there is no such variable), the value of its expression, or
+        its text. None for ``FINAL_VAR`` of a variable that does not exist."""
         self.router.cell = 0
-        cell = await self.sandbox.execute(f"FINAL_VAR({variable!r})")
-        self.log.write("final_var", iteration=self.turn, variable=variable, found=cell.final is not None)
-        return cell.final
+        if final.variable is not None:
+            cell = await self.sandbox.execute(f"FINAL_VAR({final.variable!r})")
+            found = cell.final is not None
+            if found or final.answer is None:  # FINAL(word) with no such variable is the word: no note
+                self.log.write("final_var", iteration=self.turn, variable=final.variable, found=found)
+            return cell.final if found else final.answer
+        if final.expression is not None:
+            cell = await self.sandbox.execute(f"FINAL({final.expression})")
+            self.log.write(
+                "final_expression",
+                iteration=self.turn,
+                expression=final.expression,
+                found=cell.final is not None,
+            )
+            return cell.final
+        return final.answer
 
     async def _recover_kernel(self, exc: KernelDiedError, iteration: int, index: int, code: str) -> str:
         self.restarts += 1
@@ -393,11 +472,11 @@ class _Turns:
             )
         except (BudgetExceeded, RLMBoxError):
             reply = ""
-        text_final = find_text_final(reply)
+        text_final = find_code_final(reply)  # no code runs now, but a FINAL in a code block is read
         answer = None
         if text_final is not None:
             try:
-                answer = await self._resolve_text_final(text_final.answer, text_final.variable)
+                answer = await self._resolve_final(text_final)
             except RLMBoxError:
                 answer = None
         if answer is not None:
@@ -410,6 +489,10 @@ class _Turns:
             error=f"reached the limit of {limit} iterations",
             budget_limit="iterations",
         )
+
+
+def _chars(messages: list[dict[str, str]]) -> int:
+    return sum(len(message["content"]) for message in messages)
 
 
 def _failure(exc: BaseException) -> NodeOutcome:

@@ -1,4 +1,11 @@
-"""Reading the root model's replies and shortening cell output for it: pure functions."""
+"""Reading the root model's replies, as real models write them, and shortening cell output: pure functions.
+
+Replies vary by model and provider: ```repl, ```python, ```py, ```Python3 or bare ``` fences, ``~~~`` fences,
+``<think>...</think>`` preambles, ``FINAL(...)`` written as ``Final (...)``, code without any fence. What
+is read here: the code blocks (a fence with a Python language, or with none when its body is Python), and a
+final answer written in the prose (``FINAL(...)`` or ``FINAL_VAR(name)`` at the start of a line, any
+case). Thinking is never read for either.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +13,129 @@ import ast
 import re
 from dataclasses import dataclass
 
-__all__ = ["TextFinal", "extract_code_blocks", "find_text_final", "strip_code_blocks", "truncate_middle"]
+__all__ = [
+    "TextFinal",
+    "extract_code_blocks",
+    "find_code_final",
+    "find_text_final",
+    "looks_like_code",
+    "strip_code_blocks",
+    "strip_thinking",
+    "truncate_middle",
+]
 
-_FENCE = re.compile(r"```[ \t]*(repl|python|py|python3)[ \t]*\r?\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-_ANY_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
-_FINAL_VAR = re.compile(r"^[ \t]*FINAL_VAR\([ \t]*[\"']?([A-Za-z_]\w*)[\"']?[ \t]*\)", re.MULTILINE)
-_FINAL = re.compile(r"^[ \t]*FINAL\(", re.MULTILINE)
+CODE_LANGUAGES = frozenset({"repl", "python", "python3", "py", "ipython", "pycon"})
+_THINKING = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(
+    r"(?P<fence>```|~~~)[ \t]*(?P<language>[\w.+-]*)[^\n]*\n(?P<body>.*?)(?:(?P=fence)|\Z)", re.DOTALL
+)
+# FINAL in capitals may have spaces before its parenthesis; other cases (Final, final) may not, so that
+# "Final (and most important) point" stays prose.
+_FINAL = re.compile(
+    r"^[ \t>*]*(?:(?P<name>FINAL_VAR|FINAL)[ \t]*|(?P<other>(?i:final_var|final)))\(", re.MULTILINE
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+
+
+def strip_thinking(reply: str) -> str:
+    """The reply without its ``<think>...</think>`` blocks (an unclosed one runs to the end)."""
+    return _THINKING.sub("", reply or "")
+
+
+def _blocks(reply: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block of the visible reply, in order."""
+    return [
+        (match.group("language").lower(), match.group("body"))
+        for match in _FENCE.finditer(strip_thinking(reply))
+    ]
+
+
+def _is_python(text: str) -> bool:
+    try:
+        ast.parse(text)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+_STATEMENTS = (
+    ast.Call,
+    ast.Assign,
+    ast.AugAssign,
+    ast.AnnAssign,
+    ast.Import,
+    ast.ImportFrom,
+    ast.For,
+    ast.While,
+)
+
+
+def _is_code(text: str) -> bool:
+    """Python that does something (a call, an assignment, an import, a loop), not prose that happens to parse
+    ("not code" is a valid expression)."""
+    if not _is_python(text):
+        return False
+    return any(isinstance(node, _STATEMENTS) for node in ast.walk(ast.parse(text)))
 
 
 def extract_code_blocks(reply: str) -> list[str]:
-    """The ```repl (or ```python) blocks of a reply, in order. An unclosed last block still counts."""
-    blocks = [match.group(2) for match in _FENCE.finditer(reply or "")]
-    return [block for block in blocks if block.strip()]
+    """The reply's code blocks, in order: fenced with a Python language (```repl, ```python, ```py, any case,
+    or ``~~~``), or fenced without one when the body is Python. An unclosed last block still counts."""
+    return [
+        body
+        for language, body in _blocks(reply)
+        if body.strip() and (language in CODE_LANGUAGES or (not language and _is_code(body)))
+    ]
 
 
 def strip_code_blocks(reply: str) -> str:
-    """The reply's prose: every fenced block removed."""
-    return _ANY_FENCE.sub("", reply or "")
+    """The reply's prose: thinking and every fenced block removed."""
+    return _FENCE.sub("", strip_thinking(reply))
+
+
+def looks_like_code(reply: str) -> bool:
+    """Whether an unfenced reply is Python code rather than prose."""
+    text = strip_thinking(reply).strip()
+    return bool(text) and _is_code(text)
 
 
 @dataclass(frozen=True)
 class TextFinal:
-    """A final answer written in the reply's prose: a literal answer, or the name of a REPL variable."""
+    """A final answer written outside running code: a literal answer, the name of a REPL variable (which may
+    also be meant literally: ``answer`` is its fallback), or an expression to evaluate in the REPL."""
 
     answer: str | None = None
     variable: str | None = None
+    expression: str | None = None
 
 
 def find_text_final(reply: str) -> TextFinal | None:
-    """``FINAL(...)`` or ``FINAL_VAR(name)`` at the start of a line outside code blocks, if any."""
-    prose = strip_code_blocks(reply)
-    if match := _FINAL_VAR.search(prose):
-        return TextFinal(variable=match.group(1))
-    if match := _FINAL.search(prose):
-        return TextFinal(answer=_unquote(_up_to_closing_paren(prose, match.end()).strip()))
-    return None
+    """The first ``FINAL(...)`` or ``FINAL_VAR(name)`` at the start of a line in the prose, in any case."""
+    return _first_final(strip_code_blocks(reply))
+
+
+def find_code_final(reply: str) -> TextFinal | None:
+    """A final answer anywhere in the reply, for a turn where no code runs (the last chance): in the prose
+    as ``find_text_final`` reads it, else the first ``FINAL(...)`` or ``FINAL_VAR(...)`` in a code block,
+    where it may also be an expression to evaluate."""
+    code = "\n".join(body for _, body in _blocks(reply))
+    return find_text_final(reply) or _first_final(code, expressions=True)
+
+
+def _first_final(text: str, *, expressions: bool = False) -> TextFinal | None:
+    match = _FINAL.search(text)
+    if match is None:
+        return None
+    argument = _up_to_closing_paren(text, match.end()).strip()
+    if (match.group("name") or match.group("other")).upper() == "FINAL_VAR":
+        name = argument.strip("'\"").strip()
+        return TextFinal(variable=name) if _IDENTIFIER.fullmatch(name) else None
+    if _IDENTIFIER.fullmatch(argument) and argument not in ("True", "False", "None"):
+        return TextFinal(answer=argument, variable=argument)
+    literal = _literal(argument)
+    if literal is not None or not expressions or not _is_python(argument):
+        return TextFinal(answer=argument if literal is None else literal)
+    return TextFinal(expression=argument)
 
 
 def _up_to_closing_paren(text: str, start: int) -> str:
@@ -65,16 +160,17 @@ def _up_to_closing_paren(text: str, start: int) -> str:
     return text[start : None if line_end == -1 else line_end]
 
 
-def _unquote(text: str) -> str:
-    """``"42"`` -> ``42``; anything that is not a plain string literal stays as written."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-        if isinstance(value, str):
-            return value
-    return text
+def _literal(text: str) -> str | None:
+    """A Python string or number literal as its text (``"42"`` and ``42`` -> ``42``), else None."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return text
+    return None
 
 
 def truncate_middle(text: str, limit: int) -> str:

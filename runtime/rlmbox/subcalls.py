@@ -87,10 +87,14 @@ class SubCallRouter:
         chosen = model or self._default_model
         if chosen is None:
             raise BridgeError("llm_query is not available: no sub-model is configured")
-        if chosen not in self._allowed:
-            allowed = ", ".join(sorted(self._allowed))
-            raise BridgeError(f"model {chosen!r} is not configured for this run (allowed: {allowed})")
-        return chosen
+        if chosen in self._allowed:
+            return chosen
+        # Named without its provider ("qwen-coder" for "openai/qwen-coder"): fine when only one fits.
+        fits = [m for m in self._allowed if m.split("/", 1)[-1] == chosen or m.rsplit("/", 1)[-1] == chosen]
+        if len(fits) == 1:
+            return fits[0]
+        allowed = ", ".join(sorted(self._allowed))
+        raise BridgeError(f"model {chosen!r} is not configured for this run (allowed: {allowed})")
 
     async def rlm_query(self, queries: list[ChildQuery], model: str | None) -> list[QueryOutcome]:
         chosen = self._choose(model)

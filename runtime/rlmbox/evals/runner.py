@@ -26,7 +26,7 @@ from rlmbox.evals.recording import CompletionClient
 from rlmbox.evals.scorers import score
 from rlmbox.evals.tasks import Task
 from rlmbox.files import read_regular_file
-from rlmbox.llm import LMClient, context_window_chars, load_litellm
+from rlmbox.llm import LMClient, load_litellm, window_chars
 from rlmbox.rlm import RLM
 from rlmbox.sandbox.pool import SandboxPool
 
@@ -178,7 +178,8 @@ async def _answer(
         else:
             model = settings.llm.model
             assert model is not None
-            completion = await lm.complete(model, base_messages(context, task.query, model))
+            room = window_chars(settings.llm, model)
+            completion = await lm.complete(model, base_messages(context, task.query, room))
             outcome = {
                 "answer": completion.text,
                 "status": "completed",
@@ -213,10 +214,11 @@ def file_name(task_id: str) -> str:
     return f"{safe}-{hashlib.sha256(task_id.encode()).hexdigest()[:8]}"
 
 
-def base_messages(context: Any, query: str, model: str) -> list[dict[str, str]]:
-    """The baseline's single prompt: the context, cut to the model's window with a marker, then the query."""
+def base_messages(context: Any, query: str, room_chars: int) -> list[dict[str, str]]:
+    """The baseline's single prompt: the context, cut to the model's window (in characters) with a marker,
+    then the query."""
     text = context if isinstance(context, str) else json.dumps(context, ensure_ascii=False)
-    room = max(0, context_window_chars(model) - len(query) - 200)
+    room = max(0, room_chars - len(query) - 200)
     if len(text) > room:
         text = text[:room] + TRUNCATION_MARKER.format(shown=room, total=len(text))
     return [{"role": "user", "content": f"{text}\n\nQuery: {query}"}]

@@ -1,0 +1,238 @@
+"""Replies as real models write them: the fences, thinking, final-answer forms and mistakes of local models
+(Qwen2.5-Coder 0.5B and 1.5B served by llama.cpp) and of hosted providers reached through litellm. Each one
+gets read as meant, or a precise reminder; never a crash, and never a silent null answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlmbox import RLM, CellResult, Settings
+from rlmbox.parsing import extract_code_blocks, find_code_final, find_text_final, looks_like_code
+from rlmbox.sandbox.base import CellError
+
+from support.loop import ScriptedLM, events, fake, run
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "```repl\nx = 1\n```",
+        "```python\nx = 1\n```",
+        "```python3\nx = 1\n```",
+        "```py\nx = 1\n```",
+        "```Python\nx = 1\n```",
+        "```PYTHON \nx = 1\n```",
+        "```\nx = 1\n```",
+        "~~~\nx = 1\n~~~",
+        "~~~python\nx = 1\n~~~",
+        "Let me look.```repl\nx = 1```",
+    ],
+    ids=["repl", "python", "python3", "py", "Python", "PYTHON", "bare", "tilde", "tilde-python", "inline"],
+)
+def test_every_usual_fence_runs_its_code(reply):
+    assert [block.strip() for block in extract_code_blocks(reply)] == ["x = 1"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '```json\n{"a": 1}\n```',
+        "```text\nx = 1\n```",
+        "```\nThe answer is in the third paragraph.\n```",
+        "```\nnot code\n```",
+    ],
+    ids=["json", "text", "bare-prose", "bare-expression-prose"],
+)
+def test_fences_of_other_languages_or_of_prose_are_not_run(reply):
+    assert extract_code_blocks(reply) == []
+
+
+def test_thinking_is_never_read_for_code_or_a_final_answer():
+    reply = "<think>I could run\n```repl\nwrong()\n```\nor say FINAL(draft)</think>\n```repl\nright()\n```"
+    assert extract_code_blocks(reply) == ["right()\n"]
+    assert find_text_final(reply) is None
+    assert extract_code_blocks("<think>cut off mid-thought ```repl\nx = 1") == []  # never closed
+    assert find_text_final("<think>maybe FINAL(7)?</think>\nFINAL(8)").answer == "8"
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        ("FINAL(42)", "42"),
+        ("Final(42)", "42"),
+        ("final(42)", "42"),
+        ("FINAL (42)", "42"),
+        ("**FINAL(42)**", "42"),
+        ("> FINAL(42)", "42"),
+        ('FINAL("The answer is 42.")', "The answer is 42."),
+    ],
+)
+def test_final_in_prose_in_the_forms_models_write_it(reply, answer):
+    assert find_text_final(reply).answer == answer
+
+
+def test_english_that_merely_starts_with_final_is_not_an_answer():
+    assert find_text_final("Final (and most important) point: check the dates.") is None
+    assert find_text_final("The FINAL(ist) said so.") is None  # not at the start of a line
+
+
+def test_the_first_of_several_finals_wins():
+    assert find_text_final("FINAL(one)\nFINAL_VAR(two)").variable == "one"
+    assert find_text_final("FINAL_VAR(two)\nFINAL(one)").variable == "two"
+
+
+def test_unfenced_code_is_recognised_and_prose_is_not():
+    assert looks_like_code("chunk = context[:1000]\nprint(llm_query(chunk))")
+    assert not looks_like_code("The magic number is 4217.")
+    assert not looks_like_code("answer")
+
+
+@pytest.mark.parametrize(
+    ("reply", "final"),
+    [
+        ("```repl\nFINAL('Bob is 10.')\n```", ("Bob is 10.", None, None)),
+        ("```repl\nanswer = 3\nFINAL_VAR('answer')\n```", (None, "answer", None)),
+        ("```repl\nFINAL(result)\n```", ("result", "result", None)),
+        ("```repl\nFINAL(f'{name} is {age}.')\n```", (None, None, "f'{name} is {age}.'")),
+        ("I computed it.\nFINAL(12)\n```repl\nFINAL(13)\n```", ("12", None, None)),
+    ],
+    ids=["literal", "final-var", "variable", "expression", "prose-first"],
+)
+def test_on_the_last_chance_a_final_inside_code_is_read(reply, final):
+    found = find_code_final(reply)
+    assert (found.answer, found.variable, found.expression) == final
+
+
+# -- the turn loop --------------------------------------------------------------------------------------
+
+
+def test_a_final_in_a_code_block_on_the_last_chance_turn_gives_the_answer(tmp_path):
+    """Seen with Qwen2.5-Coder 1.5B: out of turns, it answered with a ```repl block calling FINAL."""
+    result, _, sandbox = run(
+        tmp_path, ["```repl\nx = 1\n```", "```repl\nFINAL('The magic number is 10.')\n```"], max_iterations=1
+    )
+    assert (result.status, result.answer) == ("budget_exhausted", "The magic number is 10.")
+    assert sandbox.cells == ["x = 1\n"]  # nothing of the last reply ran
+
+
+def test_a_final_expression_on_the_last_chance_is_evaluated_alone(tmp_path):
+    def handler(code: str) -> CellResult:
+        return CellResult(final="Ada is 36.") if code.startswith("FINAL(") else CellResult()
+
+    result, _, sandbox = run(
+        tmp_path,
+        [
+            "```repl\nname, age = 'Ada', 36\n```",
+            "```repl\nprint('checking')\nFINAL(f'{name} is {age}.')\n```",
+        ],
+        fake(handler),
+        max_iterations=1,
+    )
+    assert result.answer == "Ada is 36."
+    assert sandbox.cells == ["name, age = 'Ada', 36\n", "FINAL(f'{name} is {age}.')"]
+
+
+def test_final_of_a_variable_name_in_prose_gives_the_variables_value(tmp_path):
+    """Seen with Qwen2.5-Coder 0.5B: ``Final(answer)`` in prose, meaning the variable."""
+
+    def handler(code: str) -> CellResult:
+        return CellResult(final="4217") if code == "FINAL_VAR('answer')" else CellResult()
+
+    result, _, _ = run(tmp_path, ["```repl\nanswer = '4217'\n```", "Final(answer)"], fake(handler))
+    assert (result.status, result.answer) == ("completed", "4217")
+
+
+def test_final_of_a_word_that_is_no_variable_is_the_word(tmp_path):
+    result, _, sandbox = run(tmp_path, ["FINAL(Paris)"])
+    assert (result.status, result.answer) == ("completed", "Paris")
+    assert sandbox.cells == ["FINAL_VAR('Paris')"]  # looked up first
+    assert not [e for e in events(result) if e["event"] == "final_var"]
+
+
+def test_final_var_of_a_missing_variable_is_reported_and_the_run_goes_on(tmp_path):
+    result, lm, _ = run(tmp_path, ["FINAL_VAR(missing)", "FINAL('found it')"])
+    assert (result.status, result.answer) == ("completed", "found it")
+    assert "[FINAL_VAR(missing): no such variable in the REPL]" in lm.calls[1][1][-1]["content"]
+
+
+def test_final_in_the_wrong_case_inside_code_gets_a_hint(tmp_path):
+    """In a code cell, ``Final(...)`` is a NameError: the feedback says how it is spelled."""
+
+    def handler(code: str) -> CellResult:
+
+        error = CellError(
+            "NameError", "name 'Final' is not defined", "NameError: name 'Final' is not defined"
+        )
+        return CellResult(error=error) if "Final(" in code else CellResult()
+
+    result, lm, _ = run(tmp_path, ["```repl\nFinal('x')\n```", "FINAL('x')"], fake(handler))
+    assert result.answer == "x"
+    assert 'the helpers are FINAL(answer) and FINAL_VAR("name"), in capitals' in lm.calls[1][1][-1]["content"]
+
+
+def test_the_same_unusable_reply_three_times_ends_the_run_with_a_clear_error(tmp_path):
+    """A small model that keeps sending the same prose does not spend the whole budget silently."""
+    result, lm, _ = run(tmp_path, ["I need more information."] * 10, max_iterations=30)
+    assert result.status == "error" and result.error_type == "LLMReplyError"
+    assert "the same reply 3 times in a row" in result.error
+    assert result.answer == "I need more information."  # what it did say is kept
+    assert len(lm.calls) == 3
+
+
+def test_different_unusable_replies_are_each_reminded(tmp_path):
+    replies = ["Thinking.", "Still thinking.", "Almost.", "FINAL(done)"]
+    result, lm, _ = run(tmp_path, replies)
+    assert (result.status, result.answer) == ("completed", "done")
+    assert all("had no ```repl block" in call[1][-1]["content"] for call in lm.calls[1:])
+
+
+def test_the_feedback_carries_no_durations_so_recorded_runs_replay(tmp_path):
+    """Nothing the model reads varies from run to run when its replies do not: no times in the feedback."""
+    _, lm, _ = run(tmp_path, ["```repl\nx = 1\n```", "FINAL(1)"])
+    feedback = lm.calls[1][1][-1]["content"]
+    assert feedback.startswith("[cell 1/1]\nran x = 1")
+
+
+def test_empty_replies_three_times_end_the_run(tmp_path):
+    result, _, _ = run(tmp_path, [None, "", None, "FINAL(late)"])
+    assert result.status == "error" and result.error_type == "LLMReplyError"
+
+
+# -- a root conversation that would outgrow the window -------------------------------------------------
+
+
+def test_a_long_conversation_is_compacted_into_the_models_own_summary(tmp_path):
+    """With a small window (a local model's), older turns are replaced by a summary the model writes; the
+    REPL keeps its state, the last turn stays as it is, and the trajectory says so."""
+
+    class Model(ScriptedLM):
+        """Runs six steps, summarizes when asked, then answers."""
+
+        async def complete(self, model, messages, *, timeout_s=None):
+            asked = str(messages[-1]["content"])
+            steps = len(sandbox.cells)  # the REPL, not the conversation, knows how far it got
+            if "Write a short summary" in asked:
+                self.replies = [f"Summary: step_1..step_{steps} are set; go on."]
+            else:
+                self.replies = [f"```repl\nstep_{steps + 1} = 1\n```" if steps < 6 else "FINAL('done')"]
+            return await super().complete(model, messages, timeout_s=timeout_s)
+
+    sandbox = fake(lambda code: CellResult(stdout="x" * 3000 + "\n"))  # long outputs fill the window fast
+    lm = Model([])
+    settings = Settings(
+        llm={"model": "root-model", "root_window": 4000},
+        limits={"max_output_chars": 4000},
+        trajectory_dir=tmp_path,
+    )
+    result = RLM(settings, sandbox=sandbox, lm=lm).run("the context", "the question")
+    assert (result.status, result.answer) == ("completed", "done")
+    compactions = [e for e in events(result) if e["event"] == "compaction"]
+    assert compactions and all(c["chars_after"] < c["chars_before"] for c in compactions)
+    asked = [call for call in lm.calls if "Write a short summary" in call[1][-1]["content"]]
+    assert len(asked) == len(compactions)
+    after = lm.calls[lm.calls.index(asked[0]) + 1][1]
+    assert len(after) == 4  # system, the first message with the summary, the last reply and its feedback
+    assert "Summary: step_1..step_" in after[1]["content"]
+    assert "the REPL still holds every variable" in after[1]["content"]
+    assert len(sandbox.cells) == 6  # summary turns run no code
+    assert all(len(call[1]) <= 2 + 2 * 3 for call in lm.calls)  # the conversation never outgrew the window
