@@ -191,7 +191,8 @@ def test_empty_replies_get_a_reminder_and_the_run_goes_on(runtime_dir, tmp_path,
     with ScriptedOpenAIServer(script) as server:
         result = RLM(settings(server, runtime_dir, tmp_path)).run("ctx", "q")
     assert (result.status, result.answer) == ("completed", "recovered")
-    assert "no ```repl block" in script.requests_for(ROOT_SEEN)[1]["messages"][-1]["content"]
+    reminder = script.requests_for(ROOT_SEEN)[1]["messages"][-1]["content"]
+    assert "reply was empty" in reminder and "```repl" in reminder and "FINAL(" in reminder
     observe(f"provider: {name} content", "the model is reminded to write code; the run goes on")
 
 

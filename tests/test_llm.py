@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from rlmbox._exceptions import (
     LLMAuthError,
     LLMBadRequestError,
+    LLMContextWindowError,
     LLMError,
     LLMModelNotFoundError,
     LLMRateLimitError,
@@ -357,7 +358,7 @@ def test_every_litellm_exception_maps_to_an_llm_error() -> None:
         ("RateLimitError", LLMRateLimitError),
         ("Timeout", LLMTimeoutError),
         ("BadRequestError", LLMBadRequestError),
-        ("ContextWindowExceededError", LLMBadRequestError),
+        ("ContextWindowExceededError", LLMContextWindowError),
         ("ContentPolicyViolationError", LLMBadRequestError),
         ("InternalServerError", LLMError),
         ("APIConnectionError", LLMError),
@@ -380,6 +381,25 @@ def test_provider_not_provided_maps_to_model_not_found() -> None:
 
     assert isinstance(mapped, LLMModelNotFoundError)
     assert "openai/gpt-5-mini" in str(mapped)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # llama.cpp's server, as the local model answers a prompt over its window
+        "request (12345 tokens) exceeds the available context size (8192 tokens), try increasing it",
+        # vLLM
+        "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens",
+    ],
+)
+def test_a_refusal_for_the_window_is_told_apart_from_other_bad_requests(message: str) -> None:
+    litellm = load_litellm()
+    exc = litellm.BadRequestError(message=message, model="qwen", llm_provider="openai")
+    mapped = map_litellm_error(exc, "openai/qwen")
+    assert isinstance(mapped, LLMContextWindowError) and isinstance(mapped, LLMBadRequestError)
+    assert "context window" in str(mapped) and "openai/qwen" in str(mapped)
+    other = litellm.BadRequestError(message="temperature must be at most 2", model="q", llm_provider="openai")
+    assert type(map_litellm_error(other, "openai/q")) is LLMBadRequestError
 
 
 class _WithHeaders(Exception):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlmbox import RLM, CellResult, Settings
+from rlmbox import RLM, CellResult, LLMContextWindowError, Settings
 from rlmbox.parsing import extract_code_blocks, find_code_final, find_text_final, looks_like_code
 from rlmbox.sandbox.base import CellError
 
@@ -179,6 +179,16 @@ def test_the_same_unusable_reply_three_times_ends_the_run_with_a_clear_error(tmp
     assert len(lm.calls) == 3
 
 
+def test_the_same_reply_with_code_again_gets_a_note_and_a_third_time_ends_the_run(tmp_path):
+    """Seen with Qwen2.5-Coder 1.5B: the same cell, turn after turn, for all 30 turns."""
+    same = "```repl\nprint(context[:300])\n```"
+    result, lm, sandbox = run(tmp_path, [same, same, same, "FINAL('never read')"])
+    assert "exactly the same as the one before" not in lm.calls[1][1][-1]["content"]
+    assert "exactly the same as the one before" in lm.calls[2][1][-1]["content"]
+    assert result.status == "error" and "the same reply 3 times in a row" in result.error
+    assert len(sandbox.cells) == 2  # the third copy is not run
+
+
 def test_different_unusable_replies_are_each_reminded(tmp_path):
     replies = ["Thinking.", "Still thinking.", "Almost.", "FINAL(done)"]
     result, lm, _ = run(tmp_path, replies)
@@ -220,8 +230,7 @@ def test_a_long_conversation_is_compacted_into_the_models_own_summary(tmp_path):
     sandbox = fake(lambda code: CellResult(stdout="x" * 3000 + "\n"))  # long outputs fill the window fast
     lm = Model([])
     settings = Settings(
-        llm={"model": "root-model", "root_window": 4000},
-        limits={"max_output_chars": 4000},
+        llm={"model": "root-model", "root_window": 1500},
         trajectory_dir=tmp_path,
     )
     result = RLM(settings, sandbox=sandbox, lm=lm).run("the context", "the question")
@@ -236,3 +245,65 @@ def test_a_long_conversation_is_compacted_into_the_models_own_summary(tmp_path):
     assert "the REPL still holds every variable" in after[1]["content"]
     assert len(sandbox.cells) == 6  # summary turns run no code
     assert all(len(call[1]) <= 2 + 2 * 3 for call in lm.calls)  # the conversation never outgrew the window
+
+
+def test_a_conversation_the_provider_refuses_as_too_long_is_compacted_and_asked_again(tmp_path):
+    """Seen with llama.cpp: digits make fewer characters per token than the estimate assumes, and the
+    server refused the third turn ("exceeds the available context size"); the run ended in an error."""
+    refusal = LLMContextWindowError("the prompt is longer than the context window of model 'root-model'")
+    replies = [
+        "```repl\nprint(1)\n```",
+        "```repl\nprint(2)\n```",
+        refusal,
+        "Summary: printed 1 and 2.",
+        "FINAL(3)",
+    ]
+    result, lm, _ = run(tmp_path, replies)
+    assert (result.status, result.answer) == ("completed", "3")
+    compaction = [e for e in events(result) if e["event"] == "compaction"]
+    assert [c["reason"] for c in compaction] == ["window_refused"]
+    assert "Summary: printed 1 and 2." in lm.calls[-1][1][1]["content"]
+
+
+def test_with_nothing_to_compact_the_longest_output_is_cut_and_asked_again(tmp_path):
+    refusal = LLMContextWindowError("the prompt is longer than the context window of model 'root-model'")
+    sandbox = fake(lambda code: CellResult(stdout="7" * 15_000))
+    result, lm, _ = run(tmp_path, ["```repl\nprint(context)\n```", refusal, "FINAL(done)"], sandbox)
+    assert (result.status, result.answer) == ("completed", "done")
+    refused, retried = lm.calls[1][1], lm.calls[2][1]
+    assert len(retried[-1]["content"]) < len(refused[-1]["content"]) // 2
+    assert [e["event"] for e in events(result)].count("output_cut") == 1
+
+
+def test_a_refusal_that_persists_ends_the_run_with_the_providers_reason(tmp_path):
+    refusal = LLMContextWindowError("the prompt is longer than the context window of model 'root-model'")
+    result, _, _ = run(tmp_path, ["```repl\nprint(1)\n```", refusal, refusal, refusal, "FINAL(never)"])
+    assert result.status == "error" and result.error_type == "LLMContextWindowError"
+
+
+def test_a_small_window_shows_less_of_each_output(tmp_path):
+    """A cell printing the whole context must not fill a small window in one turn."""
+
+    def printed(code: str) -> CellResult:
+        return CellResult(stdout="7" * 50_000)
+
+    replies = ["```repl\nprint(context)\n```", "FINAL(done)"]
+    _, small, _ = run(tmp_path, replies, fake(printed), llm_overrides={"root_window": 8192})
+    _, large, _ = run(tmp_path, replies, fake(printed), llm_overrides={"root_window": 200_000})
+    assert len(small.calls[1][1][-1]["content"]) < 8192 * 3 // 6
+    assert len(large.calls[1][1][-1]["content"]) > 19_000  # max_output_chars
+    assert "cut to about 3,072 characters" in small.calls[0][1][0]["content"]
+
+
+def test_an_output_cut_in_the_middle_says_to_search_with_code_instead(tmp_path):
+    """Seen with Qwen2.5-Coder 1.5B: print(context) again and again, the middle never shown; told this,
+    it wrote a loop over context.splitlines() and found the line."""
+
+    def printed(code: str) -> CellResult:
+        return CellResult(stdout="".join(f"name-{n}: {n}\n" for n in range(5000)))
+
+    replies = ["```repl\nprint(context)\n```", "FINAL(done)"]
+    _, lm, _ = run(tmp_path, replies, fake(printed), llm_overrides={"root_window": 8192})
+    feedback = lm.calls[1][1][-1]["content"]
+    assert "characters omitted" in feedback and "[output cut: " in feedback and "splitlines()" in feedback
+    assert len(feedback) < 8192 * 3 // 6

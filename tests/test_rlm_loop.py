@@ -133,7 +133,8 @@ def test_a_kernel_that_keeps_dying_ends_the_run(tmp_path):
     def handler(code: str) -> CellResult:
         raise KernelDiedError("dead again")
 
-    result, _, _ = run(tmp_path, ["```repl\nx\n```"] * 10, fake(handler), max_kernel_restarts=2)
+    replies = [f"```repl\nx{n}\n```" for n in range(10)]  # different each time: not a repeating model
+    result, _, _ = run(tmp_path, replies, fake(handler), max_kernel_restarts=2)
     assert result.status == "error" and result.error_type == "KernelDiedError"
 
 

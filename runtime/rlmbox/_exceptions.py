@@ -14,7 +14,8 @@ RLMBoxError                       base: the CLI prints its message, no traceback
 │   ├── LLMModelNotFoundError     the provider does not know the model
 │   ├── LLMRateLimitError         rate limited past the retry budget
 │   ├── LLMTimeoutError           the provider did not answer in time (also a TimeoutError)
-│   ├── LLMBadRequestError        the provider refused the request (context too long, ...)
+│   ├── LLMBadRequestError        the provider refused the request as invalid
+│   │   └── LLMContextWindowError the prompt does not fit the model's context window
 │   └── LLMReplyError             the model keeps replying with nothing rlmbox can use
 ├── BudgetExceeded                a limit of the run's ledger was reached
 └── LocalModelError               the local model server could not be started or stopped
@@ -33,6 +34,7 @@ __all__ = [
     "KernelDiedError",
     "LLMAuthError",
     "LLMBadRequestError",
+    "LLMContextWindowError",
     "LLMError",
     "LLMModelNotFoundError",
     "LLMRateLimitError",
@@ -119,6 +121,10 @@ class LLMTimeoutError(LLMError, TimeoutError):
 
 class LLMBadRequestError(LLMError):
     """The provider refused the request as invalid (for example, a prompt too long for the model)."""
+
+
+class LLMContextWindowError(LLMBadRequestError):
+    """The provider refused the prompt as longer than the model's context window."""
 
 
 class LLMReplyError(LLMError):

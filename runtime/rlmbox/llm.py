@@ -24,6 +24,7 @@ import structlog
 from rlmbox._exceptions import (
     LLMAuthError,
     LLMBadRequestError,
+    LLMContextWindowError,
     LLMError,
     LLMModelNotFoundError,
     LLMRateLimitError,
@@ -59,6 +60,16 @@ _TIMEOUT_GRACE_S = 5.0
 _MAX_DETAIL_CHARS = 300
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _UNROUTABLE_MARKERS = ("LLM Provider NOT provided", "Unknown provider", "LiteLLMUnknownProvider")
+# How servers litellm does not map to ContextWindowExceededError say that a prompt is too long (llama.cpp,
+# vLLM, Ollama, OpenAI-compatible proxies).
+_WINDOW_MARKERS = (
+    "exceeds the available context size",
+    "maximum context length",
+    "context_length_exceeded",
+    "context length",
+    "prompt is too long",
+    "too many tokens",
+)
 _DEMO_PREFIX = "rlmbox-demo/"
 _LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 _ERROR_PREFIX = re.compile(r"^(?:(?:litellm\.)?[A-Za-z]*(?:Error|Exception|Timeout): )+")
@@ -126,6 +137,8 @@ def error_class_for(exc_type: type[BaseException]) -> type[LLMError]:
         return LLMRateLimitError
     if issubclass(exc_type, openai.APITimeoutError | httpx.TimeoutException | TimeoutError):
         return LLMTimeoutError
+    if issubclass(exc_type, litellm.exceptions.ContextWindowExceededError):
+        return LLMContextWindowError
     if issubclass(exc_type, openai.BadRequestError | openai.UnprocessableEntityError):
         return LLMBadRequestError
     return LLMError
@@ -183,6 +196,8 @@ def map_litellm_error(
     detail = _detail(exc, api_key)
     if cls is LLMBadRequestError and any(marker in str(exc) for marker in _UNROUTABLE_MARKERS):
         cls = LLMModelNotFoundError
+    if cls is LLMBadRequestError and any(marker in str(exc).lower() for marker in _WINDOW_MARKERS):
+        cls = LLMContextWindowError
     tries = f"{attempts} attempt" + ("s" if attempts != 1 else "")
     if cls is LLMAuthError:
         message = f"the provider rejected the credentials for model {model!r} (check the API key): {detail}"
@@ -196,6 +211,8 @@ def map_litellm_error(
     elif cls is LLMTimeoutError:
         within = f" within {timeout_s:g}s" if timeout_s is not None else ""
         message = f"model {model!r} did not answer{within} ({tries}): {detail}"
+    elif cls is LLMContextWindowError:
+        message = f"the prompt is longer than the context window of model {model!r}: {detail}"
     elif cls is LLMBadRequestError:
         message = f"the provider refused the request to model {model!r}: {detail}"
     else:

@@ -17,7 +17,14 @@ import structlog
 from pydantic import BaseModel
 from structlog.contextvars import bound_contextvars
 
-from rlmbox._exceptions import BudgetExceeded, KernelDiedError, LLMReplyError, RLMBoxError
+from rlmbox._exceptions import (
+    BudgetExceeded,
+    KernelDiedError,
+    LLMContextWindowError,
+    LLMReplyError,
+    RLMBoxError,
+)
+from rlmbox.config import Settings
 from rlmbox.ledger import Charge, Ledger
 from rlmbox.llm import window_chars
 from rlmbox.parsing import (
@@ -27,9 +34,11 @@ from rlmbox.parsing import (
     find_text_final,
     looks_like_code,
     strip_code_blocks,
+    truncate_middle,
 )
 from rlmbox.prompts import (
     Recursion,
+    blind_sub_call_note,
     compacted_message,
     compaction_request,
     describe_cell,
@@ -37,6 +46,7 @@ from rlmbox.prompts import (
     kernel_restarted_message,
     last_chance_message,
     no_code_reminder,
+    repeated_reply_note,
     system_prompt,
     turn_feedback,
 )
@@ -59,6 +69,14 @@ STUCK_REPLIES = 3
 # reply and its feedback are kept as they are.
 COMPACT_AT = 0.75
 KEEP_RECENT = 2
+# The output a turn shows the model is at most this share of its window (a long cell output would otherwise
+# fill a small model's window in one turn; text full of digits has fewer characters per token than prose).
+OUTPUT_SHARE = 1 / 8
+# Times a root call is tried again, compacted or cut, after the provider refused it as over the window.
+FIT_ATTEMPTS = 2
+# llm_query prompts all shorter than this, over a context much longer, cannot have carried the context: the
+# model is told the sub-model sees only its prompt (small models ask it about `context` without it).
+BLIND_PROMPT_CHARS = 400
 
 
 class NodeOutcome(BaseModel):
@@ -194,7 +212,7 @@ class Node:
                     template=llm.system_prompt_template,
                     sub_model=sub_model,
                     sub_model_chars=window_chars(llm, sub_model),
-                    max_output_chars=limits.max_output_chars,
+                    max_output_chars=output_chars(tree.settings, self.model),
                     recursion=Recursion(depth=self.depth, max_depth=limits.max_depth),
                 ),
             },
@@ -291,8 +309,10 @@ class _Turns:
         self.partial_answer: str | None = None
         self.restarts = 0
         self.turn = 0
-        self._unusable = ("", 0)  # the last reply with no code and no final answer, and how often in a row
+        self._repeated = ("", 0)  # the last reply, and how many times in a row the model sent it
         self.window_chars = window_chars(node.tree.settings.llm, node.model)
+        self.output_chars = output_chars(node.tree.settings, node.model)
+        self._long_context = _longer_than(node.context, 2 * BLIND_PROMPT_CHARS)
 
     def turns_left(self) -> int:
         available = self.ledger.available("iterations")
@@ -306,17 +326,22 @@ class _Turns:
             with bound_contextvars(iteration=iteration):
                 if _chars(messages) > COMPACT_AT * self.window_chars and len(messages) > 2 + KEEP_RECENT:
                     messages[:] = await self._compact(messages, iteration)
-                reply = await self._ask_root(messages, iteration)
+                reply = await self._ask_fitting(messages, iteration)
                 messages.append({"role": "assistant", "content": reply})
                 if prose := strip_code_blocks(reply).strip():
                     self.partial_answer = prose
+                repeats = self._count_repeats(reply)
                 final, feedback = await self._run_reply(reply, iteration)
                 if final is not None:
                     return NodeOutcome(status="completed", answer=final)
+                if repeats > 1:
+                    feedback = f"{repeated_reply_note()}\n\n{feedback}"
                 messages.append({"role": "user", "content": feedback})
         return await self._last_chance(messages)
 
-    async def _compact(self, messages: list[dict[str, str]], iteration: int) -> list[dict[str, str]]:
+    async def _compact(
+        self, messages: list[dict[str, str]], iteration: int, reason: str = "threshold"
+    ) -> list[dict[str, str]]:
         """The conversation with its older turns replaced by a summary the model writes itself (the REPL keeps
         its state); without the summary when the model cannot give one."""
         older, recent = messages[2:-KEEP_RECENT], messages[-KEEP_RECENT:]
@@ -334,6 +359,7 @@ class _Turns:
         self.log.write(
             "compaction",
             iteration=iteration,
+            reason=reason,
             messages_before=len(messages),
             chars_before=_chars(messages),
             chars_after=_chars(compacted),
@@ -341,6 +367,26 @@ class _Turns:
             summary=text_digest(summary),
         )
         return compacted
+
+    async def _ask_fitting(self, messages: list[dict[str, str]], iteration: int) -> str:
+        """``_ask_root``; when the provider refuses the conversation as over the window (the estimate in
+        characters can be wrong), it is compacted, or its longest output cut, and asked again."""
+        for attempt in range(FIT_ATTEMPTS + 1):
+            try:
+                return await self._ask_root(messages, iteration)
+            except LLMContextWindowError as exc:
+                if attempt == FIT_ATTEMPTS or len(messages) <= 2:
+                    raise
+                if len(messages) > 2 + KEEP_RECENT:
+                    messages[:] = await self._compact(messages, iteration, reason="window_refused")
+                else:
+                    longest = max(range(2, len(messages)), key=lambda i: len(messages[i]["content"]))
+                    text = messages[longest]["content"]
+                    cut = truncate_middle(text, len(text) // 4)
+                    messages[longest] = {**messages[longest], "content": cut}
+                    self.log.write("output_cut", iteration=iteration, message=longest, chars=len(text))
+                log.warning("node.window_refused", attempt=attempt + 1, error=str(exc)[:200])
+        raise AssertionError("unreachable")
 
     async def _ask_root(
         self, messages: list[dict[str, str]], iteration: int, event: str = "root_call"
@@ -371,10 +417,10 @@ class _Turns:
     async def _run_reply(self, reply: str, iteration: int) -> tuple[str | None, str]:
         """Run the reply's code blocks; returns (final answer or None, feedback for the next turn)."""
         blocks = extract_code_blocks(reply)
-        limit = self.limits.max_output_chars // max(1, len(blocks))
+        limit = self.output_chars // max(1, len(blocks))
         descriptions: list[str] = []
         for index, code in enumerate(blocks, start=1):
-            self.router.cell = index
+            self.router.start_cell(index)
             try:
                 cell = await self.sandbox.execute(code)
             except KernelDiedError as exc:
@@ -399,6 +445,9 @@ class _Turns:
             if cell.final is not None:
                 return cell.final, ""
             descriptions.append(describe_cell(index, len(blocks), cell, limit))
+            longest = self.router.longest_prompt
+            if longest is not None and longest < BLIND_PROMPT_CHARS and self._long_context:
+                descriptions.append(blind_sub_call_note(longest))
         text_final = find_text_final(reply)
         if text_final is not None:
             try:
@@ -407,27 +456,27 @@ class _Turns:
                 descriptions.append(
                     await self._recover_kernel(exc, iteration, 0, f"FINAL_VAR({text_final.variable!r})")
                 )
-                return None, turn_feedback(descriptions, self.turns_left())
+                return None, turn_feedback(descriptions, self.turns_left(), self.node.query)
             if answer is not None:
                 return answer, ""
             descriptions.append(f"[FINAL_VAR({text_final.variable}): no such variable in the REPL]")
         if not blocks and text_final is None:
             return None, self._remind(reply)
-        self._unusable = ("", 0)
-        return None, turn_feedback(descriptions, self.turns_left())
+        return None, turn_feedback(descriptions, self.turns_left(), self.node.query)
 
     def _remind(self, reply: str) -> str:
-        """A precise reminder for a reply that ran nothing and answered nothing; LLMReplyError when the model
-        sent the same one STUCK_REPLIES times in a row."""
-        same = reply.strip() == self._unusable[0]
-        count = self._unusable[1] + 1 if same else 1
-        self._unusable = (reply.strip(), count)
-        if count >= STUCK_REPLIES:
-            raise LLMReplyError(
-                f"the root model sent the same reply {count} times in a row, with no code to run and no "
-                "final answer"
-            )
+        """A precise reminder for a reply that ran nothing and answered nothing."""
         return no_code_reminder(reply, unfenced_code=looks_like_code(reply))
+
+    def _count_repeats(self, reply: str) -> int:
+        """How many times in a row the model has now sent this reply; LLMReplyError at STUCK_REPLIES (a
+        model that repeats itself exactly will not stop doing so, and each time spends a turn)."""
+        text = reply.strip()
+        count = self._repeated[1] + 1 if text == self._repeated[0] else 1
+        self._repeated = (text, count)
+        if count >= STUCK_REPLIES:
+            raise LLMReplyError(f"the root model sent the same reply {count} times in a row")
+        return count
 
     async def _resolve_final(self, final: TextFinal) -> str | None:
         """The answer a final statement outside running code gives: the value of the variable it names (for
@@ -489,6 +538,25 @@ class _Turns:
             error=f"reached the limit of {limit} iterations",
             budget_limit="iterations",
         )
+
+
+def output_chars(settings: Settings, model: str) -> int:
+    """How much of a turn's cell output the model is shown: ``max_output_chars``, less for a small window."""
+    share = int(window_chars(settings.llm, model) * OUTPUT_SHARE)
+    return min(settings.limits.max_output_chars, max(1_000, share))
+
+
+def _longer_than(context: Any, chars: int) -> bool:
+    """Whether ``context`` holds more than ``chars`` characters (looking at no more of it than that)."""
+    if isinstance(context, str):
+        return len(context) > chars
+    items = context.items() if isinstance(context, dict) else context if isinstance(context, list) else ()
+    total = 0
+    for item in items:
+        total += len(str(item)[: chars + 1])
+        if total > chars:
+            return True
+    return False
 
 
 def _chars(messages: list[dict[str, str]]) -> int:

@@ -18,6 +18,7 @@ __all__ = [
     "PLACEHOLDERS",
     "PROMPTS",
     "Recursion",
+    "blind_sub_call_note",
     "check_template",
     "compacted_message",
     "compaction_request",
@@ -27,6 +28,7 @@ __all__ = [
     "kernel_restarted_message",
     "last_chance_message",
     "no_code_reminder",
+    "repeated_reply_note",
     "system_prompt",
     "turn_feedback",
 ]
@@ -227,13 +229,38 @@ def describe_cell(index: int, total: int, cell: CellResult, limit: int) -> str:
     if cell.error is not None and _MISSPELLED_FINAL.search(f"{cell.error.ename}: {cell.error.evalue}"):
         parts.append('[the helpers are FINAL(answer) and FINAL_VAR("name"), in capitals]')
     body = "\n".join(parts) or "(no output)"
+    if len(body) > limit:  # small models print the same thing again, hoping to see the middle
+        note = (
+            f"\n[output cut: {len(body):,} characters, the middle not shown. Printing it again shows no "
+            "more: find what you need with code (a loop over `context.splitlines()`, `re.findall`, "
+            "`str.find`) and print only that.]"
+        )
+        return f"[cell {index}/{total}]\n{truncate_middle(body, max(0, limit - len(note)))}{note}"
     # Nothing here varies from run to run when the code's output does not (no durations): a recorded run
     # replays the same prompts.
     return f"[cell {index}/{total}]\n{truncate_middle(body, limit)}"
 
 
-def turn_feedback(descriptions: Sequence[str], left: int) -> str:
-    return "\n\n".join([*descriptions, f"({left} turns left. Continue, or give your final answer.)"])
+def repeated_reply_note() -> str:
+    return (
+        "[Your reply was exactly the same as the one before: the same code gives the same output. Take the "
+        "next step instead; the same reply once more ends the run.]"
+    )
+
+
+def blind_sub_call_note(longest_prompt: int) -> str:
+    return (
+        f"[note: the sub-model saw only your prompt ({longest_prompt} characters at most), not `context`: "
+        "it cannot know what the context says. Put the part of `context` it must read into the prompt, e.g. "
+        'llm_query(f"{question}\\n\\n{context[:4000]}")]'
+    )
+
+
+def turn_feedback(descriptions: Sequence[str], left: int, query: str) -> str:
+    """The outputs of a turn's cells, then the question again (small models lose sight of it)."""
+    question = truncate_middle(query, 1000)
+    close = f"({left} turns left.) The question: {question}\nTake the next step, or give your final answer."
+    return "\n\n".join([*descriptions, close])
 
 
 def no_code_reminder(reply: str, *, unfenced_code: bool) -> str:

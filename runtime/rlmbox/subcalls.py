@@ -72,6 +72,12 @@ class SubCallRouter:
         # The turn and the cell running now: sub-calls and children are recorded against them.
         self.iteration = 0
         self.cell = 0
+        self.longest_prompt: int | None = None  # of the llm_query prompts of the cell running now
+
+    def start_cell(self, index: int) -> None:
+        """The node runs its cell ``index`` now."""
+        self.cell = index
+        self.longest_prompt = None
 
     async def aclose(self) -> None:
         """Refuse every later call (the node is over) and end its children: cancelled, sandboxes removed."""
@@ -147,6 +153,7 @@ class SubCallRouter:
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
         chosen = self._choose(model)
+        self.longest_prompt = max(self.longest_prompt or 0, *map(len, prompts))
         self._ledger.reserve_sub_calls(len(prompts))
         self._trajectory.notify("sub_calls_started", count=len(prompts))
         batch = len(prompts)
