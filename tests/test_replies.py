@@ -47,6 +47,17 @@ def test_fences_of_other_languages_or_of_prose_are_not_run(reply):
     assert extract_code_blocks(reply) == []
 
 
+def test_code_whose_opening_fence_was_lost_still_runs():
+    """Seen with Qwen2.5-Coder 0.5B: the reply starts with the code and ends with the closing fence."""
+    reply = 'print(len(context))\nanswers = llm_query_batched(prompts)\nFINAL_VAR("result")\n```'
+    assert extract_code_blocks(reply) == [
+        'print(len(context))\nanswers = llm_query_batched(prompts)\nFINAL_VAR("result")\n'
+    ]
+    assert find_text_final(reply) is None  # the FINAL_VAR runs in the code, after the lines before it
+    assert extract_code_blocks("The answer is 12.\n```") == []  # prose before a lone fence is prose
+    assert extract_code_blocks("x = 1\n```\ny = 2\n```") == ["y = 2\n"]  # a pair of fences is a block
+
+
 def test_thinking_is_never_read_for_code_or_a_final_answer():
     reply = "<think>I could run\n```repl\nwrong()\n```\nor say FINAL(draft)</think>\n```repl\nright()\n```"
     assert extract_code_blocks(reply) == ["right()\n"]

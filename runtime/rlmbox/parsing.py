@@ -42,11 +42,21 @@ def strip_thinking(reply: str) -> str:
     return _THINKING.sub("", reply or "")
 
 
+def _visible(reply: str) -> str:
+    """The reply without its thinking. A reply of code closed by a lone fence gets back the opening fence it
+    lost (seen with Qwen2.5-Coder 0.5B)."""
+    text = strip_thinking(reply)
+    body, _, last = text.rstrip().rpartition("\n")
+    fence = last.strip()
+    if fence in ("```", "~~~") and "```" not in body and "~~~" not in body and _is_code(body):
+        return f"{fence}repl\n{body}\n{fence}"
+    return text
+
+
 def _blocks(reply: str) -> list[tuple[str, str]]:
     """(language, body) of every fenced block of the visible reply, in order."""
     return [
-        (match.group("language").lower(), match.group("body"))
-        for match in _FENCE.finditer(strip_thinking(reply))
+        (match.group("language").lower(), match.group("body")) for match in _FENCE.finditer(_visible(reply))
     ]
 
 
@@ -90,7 +100,7 @@ def extract_code_blocks(reply: str) -> list[str]:
 
 def strip_code_blocks(reply: str) -> str:
     """The reply's prose: thinking and every fenced block removed."""
-    return _FENCE.sub("", strip_thinking(reply))
+    return _FENCE.sub("", _visible(reply))
 
 
 def looks_like_code(reply: str) -> bool:
