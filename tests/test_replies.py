@@ -103,11 +103,12 @@ def test_unfenced_code_is_recognised_and_prose_is_not():
     [
         ("```repl\nFINAL('Bob is 10.')\n```", ("Bob is 10.", None, None)),
         ("```repl\nanswer = 3\nFINAL_VAR('answer')\n```", (None, "answer", None)),
-        ("```repl\nFINAL(result)\n```", ("result", "result", None)),
+        ("```repl\nFINAL(result)\n```", (None, "result", None)),  # a placeholder word: only a variable
+        ("```repl\nFINAL(total)\n```", ("total", "total", None)),
         ("```repl\nFINAL(f'{name} is {age}.')\n```", (None, None, "f'{name} is {age}.'")),
         ("I computed it.\nFINAL(12)\n```repl\nFINAL(13)\n```", ("12", None, None)),
     ],
-    ids=["literal", "final-var", "variable", "expression", "prose-first"],
+    ids=["literal", "final-var", "placeholder", "variable", "expression", "prose-first"],
 )
 def test_on_the_last_chance_a_final_inside_code_is_read(reply, final):
     found = find_code_final(reply)
@@ -163,7 +164,15 @@ def test_final_of_a_word_that_is_no_variable_is_the_word(tmp_path):
 def test_final_var_of_a_missing_variable_is_reported_and_the_run_goes_on(tmp_path):
     result, lm, _ = run(tmp_path, ["FINAL_VAR(missing)", "FINAL('found it')"])
     assert (result.status, result.answer) == ("completed", "found it")
-    assert "[FINAL_VAR(missing): no such variable in the REPL]" in lm.calls[1][1][-1]["content"]
+    assert "[no variable named 'missing' in the REPL" in lm.calls[1][1][-1]["content"]
+
+
+def test_final_of_a_placeholder_word_with_no_such_variable_is_no_answer(tmp_path):
+    """Seen with Qwen2.5-Coder 0.5B: a guess, then ``Final(answer)`` copied from the prompt, with no variable
+    ``answer``: the run must not end with the answer "answer"."""
+    result, lm, _ = run(tmp_path, ["144", "Final(answer)", "FINAL(4217)"])
+    assert (result.status, result.answer) == ("completed", "4217")
+    assert "[no variable named 'answer' in the REPL" in lm.calls[2][1][-1]["content"]
 
 
 def test_final_in_the_wrong_case_inside_code_gets_a_hint(tmp_path):

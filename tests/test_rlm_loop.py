@@ -52,7 +52,7 @@ def test_final_var_in_prose_reads_the_variable(tmp_path):
 def test_final_var_of_a_missing_variable_is_reported_not_fatal(tmp_path):
     result, lm, _ = run(tmp_path, ["FINAL_VAR(nothing)", "FINAL(ok)"], fake(lambda code: CellResult()))
     assert result.answer == "ok"
-    assert "no such variable" in lm.calls[1][1][-1]["content"]
+    assert "no variable named 'nothing'" in lm.calls[1][1][-1]["content"]
 
 
 @pytest.mark.parametrize(

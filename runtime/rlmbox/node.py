@@ -459,7 +459,10 @@ class _Turns:
                 return None, turn_feedback(descriptions, self.turns_left(), self.node.query)
             if answer is not None:
                 return answer, ""
-            descriptions.append(f"[FINAL_VAR({text_final.variable}): no such variable in the REPL]")
+            descriptions.append(
+                f"[no variable named {text_final.variable!r} in the REPL: set it first, or write the answer "
+                "itself, FINAL(the answer)]"
+            )
         if not blocks and text_final is None:
             return None, self._remind(reply)
         return None, turn_feedback(descriptions, self.turns_left(), self.node.query)
