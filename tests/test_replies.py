@@ -327,3 +327,50 @@ def test_an_output_cut_in_the_middle_says_to_search_with_code_instead(tmp_path):
     feedback = lm.calls[1][1][-1]["content"]
     assert "characters omitted" in feedback and "[output cut: " in feedback and "splitlines()" in feedback
     assert len(feedback) < 8192 * 3 // 6
+
+
+def test_a_sub_call_without_the_context_is_answered_with_the_question_over_chunks_as_code(tmp_path):
+    """Seen with Qwen2.5-Coder 1.5B on S-NIAH: llm_query(the question) with no part of `context`, turn after
+    turn, believing the sub-model's guess. The note gives the same question over chunks, as code to run."""
+    question = 'What is the "magic" number?\nAnswer with the number only.'
+
+    async def cell(code: str) -> CellResult:
+        if "llm_query" in code:
+            outcomes = await sandbox.handler.llm_query([question], None)
+            return CellResult(result=repr(outcomes[0].text))
+        return CellResult()
+
+    sandbox = fake(cell)
+    lm = ScriptedLM(["```repl\nllm_query(question)\n```", "10", "FINAL(done)"])
+    settings = Settings(llm={"model": "root-model", "sub_window": 2000}, trajectory_dir=tmp_path)
+    RLM(settings, sandbox=sandbox, lm=lm).run("word " * 2000, "q")
+    feedback = lm.calls[2][1][-1]["content"]
+    assert f"the sub-model saw only your prompt ({len(question)} characters)" in feedback
+    code = extract_code_blocks(feedback.split("for example:\n", 1)[1])[0]
+    asked: list[str] = []
+
+    def batched(prompts: list[str]) -> list[str]:
+        asked.extend(prompts)
+        return ["42"] * (len(prompts) - 1) + ["NONE"]
+
+    namespace = {"context": "abcdefghij" * 1000, "llm_query_batched": batched}
+    exec(
+        compile(code, "note", "exec"), namespace
+    )  # the code it shows runs, and asks the question of each chunk
+    assert namespace["question"] == question
+    assert asked[0].startswith(question) and asked[0].endswith(namespace["chunks"][0])
+    assert namespace["found"] == ["42"] * (len(asked) - 1)  # the chunks that say nothing are left out
+    assert len(namespace["chunks"][0]) == 4000  # from the sub-model's window (2000 tokens)
+
+
+def test_a_sub_call_that_carries_the_context_gets_no_note(tmp_path):
+    async def cell(code: str) -> CellResult:
+        await sandbox.handler.llm_query(["Find the number in:\n" + "word " * 200], None)
+        return CellResult()
+
+    sandbox = fake(cell)
+    lm = ScriptedLM(["```repl\nllm_query(question + context[:1000])\n```", "10", "FINAL(done)"])
+    RLM(Settings(llm={"model": "root-model"}, trajectory_dir=tmp_path), sandbox=sandbox, lm=lm).run(
+        "word " * 2000, "q"
+    )
+    assert "saw only your prompt" not in lm.calls[2][1][-1]["content"]

@@ -39,6 +39,7 @@ from rlmbox.parsing import (
 from rlmbox.prompts import (
     Recursion,
     blind_sub_call_note,
+    chunk_chars,
     compacted_message,
     compaction_request,
     describe_cell,
@@ -312,6 +313,8 @@ class _Turns:
         self._repeated = ("", 0)  # the last reply, and how many times in a row the model sent it
         self.window_chars = window_chars(node.tree.settings.llm, node.model)
         self.output_chars = output_chars(node.tree.settings, node.model)
+        llm = node.tree.settings.llm
+        self.chunk_chars = chunk_chars(window_chars(llm, llm.effective_sub_model or node.model))
         self._long_context = _longer_than(node.context, 2 * BLIND_PROMPT_CHARS)
 
     def turns_left(self) -> int:
@@ -446,8 +449,8 @@ class _Turns:
                 return cell.final, ""
             descriptions.append(describe_cell(index, len(blocks), cell, limit))
             longest = self.router.longest_prompt
-            if longest is not None and longest < BLIND_PROMPT_CHARS and self._long_context:
-                descriptions.append(blind_sub_call_note(longest))
+            if longest is not None and len(longest) < BLIND_PROMPT_CHARS and self._long_context:
+                descriptions.append(blind_sub_call_note(longest, self.chunk_chars))
         text_final = find_text_final(reply)
         if text_final is not None:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = [
     "Recursion",
     "blind_sub_call_note",
     "check_template",
+    "chunk_chars",
     "compacted_message",
     "compaction_request",
     "context_summary",
@@ -168,6 +170,11 @@ CHUNK_SHARE = 0.8
 MAX_CHUNK_CHARS = 200_000
 
 
+def chunk_chars(sub_model_chars: int) -> int:
+    """The chunk size the prompts suggest for a sub-model that reads ``sub_model_chars`` per call."""
+    return max(1000, min(MAX_CHUNK_CHARS, int(sub_model_chars * CHUNK_SHARE)) // 1000 * 1000)
+
+
 def check_template(template: str) -> None:
     """ValueError unless ``template`` is a system prompt template rlmbox can fill (``$name`` placeholders
     from PLACEHOLDERS, ``$$`` for a dollar sign)."""
@@ -202,7 +209,7 @@ def system_prompt(
     return Template(template).substitute(
         context_summary=context_summary(context),
         sub_model_note=note,
-        chunk_chars=str(max(1000, min(MAX_CHUNK_CHARS, int(sub_model_chars * CHUNK_SHARE)) // 1000 * 1000)),
+        chunk_chars=str(chunk_chars(sub_model_chars)),
         max_output_chars=f"{max_output_chars:,}",
         recursion=(recursion or Recursion()).helpers(),
     )
@@ -248,11 +255,20 @@ def repeated_reply_note() -> str:
     )
 
 
-def blind_sub_call_note(longest_prompt: int) -> str:
+def blind_sub_call_note(prompt: str, chunk_chars: int) -> str:
+    """For a cell whose ``llm_query`` prompts (the longest is ``prompt``) carried no part of the context:
+    the same question asked of every chunk, as code to run (small models ask the sub-model about a document
+    it never sees, and believe its guess)."""
+    question = json.dumps(truncate_middle(prompt, 300), ensure_ascii=False)
     return (
-        f"[note: the sub-model saw only your prompt ({longest_prompt} characters at most), not `context`: "
-        "it cannot know what the context says. Put the part of `context` it must read into the prompt, e.g. "
-        'llm_query(f"{question}\\n\\n{context[:4000]}")]'
+        f"[note: the sub-model saw only your prompt ({len(prompt)} characters), not `context`, so its answer "
+        "is a guess. Put the text it must read into the prompt, for example:\n"
+        f"```repl\nquestion = {question}\n"
+        f"chunks = [context[i:i + {chunk_chars}] for i in range(0, len(context), {chunk_chars})]\n"
+        'prompts = [f"{question}\\nIf this text does not say, answer NONE.\\n\\n{c}" for c in chunks]\n'
+        "answers = llm_query_batched(prompts)\n"
+        'found = [answer.strip() for answer in answers if "NONE" not in answer]\n'
+        "print(found)\n```]"
     )
 
 

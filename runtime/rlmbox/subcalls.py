@@ -72,7 +72,7 @@ class SubCallRouter:
         # The turn and the cell running now: sub-calls and children are recorded against them.
         self.iteration = 0
         self.cell = 0
-        self.longest_prompt: int | None = None  # of the llm_query prompts of the cell running now
+        self.longest_prompt: str | None = None  # the longest llm_query prompt of the cell running now
 
     def start_cell(self, index: int) -> None:
         """The node runs its cell ``index`` now."""
@@ -153,7 +153,7 @@ class SubCallRouter:
 
     async def llm_query(self, prompts: list[str], model: str | None) -> list[QueryOutcome]:
         chosen = self._choose(model)
-        self.longest_prompt = max(self.longest_prompt or 0, *map(len, prompts))
+        self.longest_prompt = max([self.longest_prompt or "", *prompts], key=len)
         self._ledger.reserve_sub_calls(len(prompts))
         self._trajectory.notify("sub_calls_started", count=len(prompts))
         batch = len(prompts)
