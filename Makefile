@@ -77,7 +77,7 @@ demo-local: install docker image ## The demo with a real local model (DEMO_LOCAL
 	RLMBOX_API_KEY=local "$(VENV)/bin/rlmbox" demo $$flags --size $(DEMO_LOCAL_SIZE) $(ARGS)
 
 # Without Docker or Chromium (and outside CI) the tests that need them are skipped; in CI they fail.
-test: install ## Run the tests (sets up Docker, the image and Chromium first when it can)
+test: install ## Run the tests (sets up Docker, the image, Chromium and the local model first when it can)
 	@if bash scripts/ensure-docker.sh; then \
 		$(MAKE) --no-print-directory image; \
 	elif [ "$${CI:-}" = true ]; then \
@@ -89,6 +89,9 @@ test: install ## Run the tests (sets up Docker, the image and Chromium first whe
 	@bash scripts/ensure-chromium.sh || { \
 		if [ "$${CI:-}" = true ]; then echo "make test: error: CI needs Chromium for the browser test" >&2; exit 1; fi; \
 		echo "make test: note: no Chromium; the viewer's browser test will be skipped" >&2; }
+	@bash scripts/local-model.sh || { \
+		if [ "$${CI:-}" = true ]; then echo "make test: error: CI needs the local model" >&2; exit 1; fi; \
+		echo "make test: note: no local model; the tests marked realmodel will be skipped" >&2; }
 	RLMBOX_SECURITY_REPORT=build/security-report.json "$(VENV)/bin/pytest" $(PYTEST_ARGS)
 
 security-report: install docker image ## Run the escape suite and regenerate the attack table in docs/SECURITY.md
