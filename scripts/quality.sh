@@ -36,7 +36,7 @@ for model in $models; do
     common=(
         "${model_flags[@]}" --root-window "$window" --sub-window "$window"
         --completion-kwargs '{"temperature": 0, "max_tokens": 400}'
-        --max-iterations 10 --max-time 900 --concurrency "$parallel"
+        --max-iterations 8 --max-time 900 --concurrency "$parallel"
         --lengths "$lengths" --n "$n" --cache "$out/cache-$model" --resume
     )
     for suite in $suites; do
