@@ -358,7 +358,8 @@ def test_a_sub_call_without_the_context_is_answered_with_the_question_over_chunk
         compile(code, "note", "exec"), namespace
     )  # the code it shows runs, and asks the question of each chunk
     assert namespace["question"] == question
-    assert asked[0].startswith(question) and asked[0].endswith(namespace["chunks"][0])
+    chunk = namespace["chunks"][0]
+    assert asked[0].startswith(chunk) and question in asked[0][len(chunk) :]  # small models read the end best
     assert namespace["found"] == ["42"] * (len(asked) - 1)  # the chunks that say nothing are left out
     assert len(namespace["chunks"][0]) == 4000  # from the sub-model's window (2000 tokens)
 

@@ -140,12 +140,12 @@ print(context[:300])
 ```
 
 2. Cut `context` into chunks of at most $chunk_chars characters and ask about every chunk at once, each \
-chunk inside its prompt:
+chunk inside its prompt, the question after it:
 ```repl
 size = $chunk_chars
 chunks = [context[i:i + size] for i in range(0, len(context), size)]
 question = "Who signed the contract? Answer with the name, or NONE if this text does not say."
-prompts = [f"{question}\\n\\n{chunk}" for chunk in chunks]
+prompts = [f"{chunk}\\n\\n{question}" for chunk in chunks]
 answers = llm_query_batched(prompts)
 found = [a.strip() for a in answers if "NONE" not in a]
 print(len(chunks), found)
@@ -265,7 +265,7 @@ def blind_sub_call_note(prompt: str, chunk_chars: int) -> str:
         "is a guess. Put the text it must read into the prompt, for example:\n"
         f"```repl\nquestion = {question}\n"
         f"chunks = [context[i:i + {chunk_chars}] for i in range(0, len(context), {chunk_chars})]\n"
-        'prompts = [f"{question}\\nIf this text does not say, answer NONE.\\n\\n{c}" for c in chunks]\n'
+        'prompts = [f"{c}\\n\\n{question}\\nIf this text does not say, answer NONE." for c in chunks]\n'
         "answers = llm_query_batched(prompts)\n"
         'found = [answer.strip() for answer in answers if "NONE" not in answer]\n'
         "print(found)\n```]"
