@@ -8,7 +8,8 @@ model call recorded with --cache, and writes into tests/fixtures/recorded/:
 - RUN/results.jsonl: what each run gave, which the replay must give again.
 
 A change to prompts or parsing that alters what the model reads misses the recording: the test fails until
-the recording is made again with this script, on purpose.
+the recording is made again with this script, on purpose. A change that alters only what a run gives from
+the same calls (how an answer is read, say) takes ``--replay``: the results again, from the recorded calls.
 """
 
 from __future__ import annotations
@@ -42,29 +43,36 @@ FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "recor
 def main() -> int:
     # SIGTERM ends the run like Ctrl-C: the eval in progress is killed and the server stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    rlmbox = [sys.executable, "-m", "rlmbox.cli"]
+    replay = sys.argv[1:] == ["--replay"]
     with tempfile.TemporaryDirectory(prefix="rlmbox-record-") as scratch:
         work = Path(scratch)
-        with LocalModelServer(MODEL, ctx_size=WINDOW, prompt_cache=False) as server:
-            for name, args in RUNS.items():
-                command = [
-                    *rlmbox, "eval", "--model", server.litellm_model, "--api-base", server.api_base,
-                    *COMMON, *args, "--cache", str(work / "cache"), "--out", str(work / name),
-                ]  # fmt: skip
-                print("record-fixtures:", " ".join(command[2:]), file=sys.stderr)
-                subprocess.run(command, check=True, env={**os.environ, "RLMBOX_API_KEY": "local"})
-        if FIXTURE.exists():
-            shutil.rmtree(FIXTURE)
-        FIXTURE.mkdir(parents=True)
-        shutil.copytree(work / "cache", FIXTURE / "cache")
+        if replay:  # the results again from the recorded calls
+            evaluate(["--replay"], FIXTURE / "cache", work)
+        else:
+            with LocalModelServer(MODEL, ctx_size=WINDOW, prompt_cache=False) as server:
+                evaluate(["--api-base", server.api_base], work / "cache", work)
+            if FIXTURE.exists():
+                shutil.rmtree(FIXTURE)
+            shutil.copytree(work / "cache", FIXTURE / "cache")
         for name in RUNS:
-            (FIXTURE / name).mkdir()
+            (FIXTURE / name).mkdir(exist_ok=True)
             shutil.copy(work / name / "results.jsonl", FIXTURE / name / "results.jsonl")
         runs = {"model": f"openai/{MODEL}", "common": COMMON, "runs": RUNS}
         (FIXTURE / "runs.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     size = sum(path.stat().st_size for path in FIXTURE.rglob("*") if path.is_file())
     print(f"record-fixtures: {FIXTURE} holds {size / 1e6:.2f} MB", file=sys.stderr)
     return 0
+
+
+def evaluate(flags: list[str], cache: Path, work: Path) -> None:
+    """Each evaluation of RUNS, its calls in ``cache``, its results in ``work``/NAME."""
+    for name, args in RUNS.items():
+        command = [
+            sys.executable, "-m", "rlmbox.cli", "eval", "--model", f"openai/{MODEL}", *flags,
+            *COMMON, *args, "--cache", str(cache), "--out", str(work / name),
+        ]  # fmt: skip
+        print("record-fixtures:", " ".join(command[3:]), file=sys.stderr)
+        subprocess.run(command, check=True, env={**os.environ, "RLMBOX_API_KEY": "local"})
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def test_unfenced_code_is_recognised_and_prose_is_not():
     assert looks_like_code("chunk = context[:1000]\nprint(llm_query(chunk))")
     assert not looks_like_code("The magic number is 4217.")
     assert not looks_like_code("answer")
+    assert not looks_like_code("Answer: it is 7")  # parses as an annotation, says nothing in code
 
 
 @pytest.mark.parametrize(
@@ -375,3 +376,11 @@ def test_a_sub_call_that_carries_the_context_gets_no_note(tmp_path):
         "word " * 2000, "q"
     )
     assert "saw only your prompt" not in lm.calls[2][1][-1]["content"]
+
+
+def test_unfenced_code_is_never_the_partial_answer(tmp_path):
+    """Seen with Qwen2.5-Coder 0.5B on OOLONG: the same unfenced code three times; the run's answer was
+    that code, and the scorer gave it partial credit."""
+    code = "type(context), len(context)\nprint(context[:300])"
+    result, _, _ = run(tmp_path, ["The labels are counted below.", code, code, code])
+    assert result.status == "error" and result.answer == "The labels are counted below."

@@ -331,7 +331,7 @@ class _Turns:
                     messages[:] = await self._compact(messages, iteration)
                 reply = await self._ask_fitting(messages, iteration)
                 messages.append({"role": "assistant", "content": reply})
-                if prose := strip_code_blocks(reply).strip():
+                if prose := _prose(reply):
                     self.partial_answer = prose
                 repeats = self._count_repeats(reply)
                 final, feedback = await self._run_reply(reply, iteration)
@@ -536,7 +536,7 @@ class _Turns:
                 answer = None
         if answer is not None:
             self.partial_answer = answer
-        elif text_final is None and (prose := strip_code_blocks(reply).strip()):
+        elif text_final is None and (prose := _prose(reply)):
             self.partial_answer = prose
         return NodeOutcome(
             status="budget_exhausted",
@@ -544,6 +544,12 @@ class _Turns:
             error=f"reached the limit of {limit} iterations",
             budget_limit="iterations",
         )
+
+
+def _prose(reply: str) -> str:
+    """What a reply says outside its code, or "" when that is code too (never an answer)."""
+    prose = strip_code_blocks(reply).strip()
+    return "" if looks_like_code(prose) else prose
 
 
 def output_chars(settings: Settings, model: str) -> int:

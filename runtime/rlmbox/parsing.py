@@ -88,7 +88,10 @@ def _is_code(text: str) -> bool:
     ("not code" is a valid expression)."""
     if not _is_python(text):
         return False
-    return any(isinstance(node, _STATEMENTS) for node in ast.walk(ast.parse(text)))
+    return any(
+        isinstance(node, _STATEMENTS) and not (isinstance(node, ast.AnnAssign) and node.value is None)
+        for node in ast.walk(ast.parse(text))
+    )  # "Answer: it is 7" parses as an annotation: prose
 
 
 def extract_code_blocks(reply: str) -> list[str]:
