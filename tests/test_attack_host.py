@@ -51,7 +51,8 @@ def assert_contained(pair: PairRun) -> None:
 def test_a_kernel_dying_in_the_middle_of_a_message_ends_only_its_kernel(runtime_dir, tmp_path, observe):
     """With libzmq in the host, a kernel killed while the host read one of its many-frame messages made
     libzmq assert (``!_more``, fq.cpp) and the whole host process abort: every session gone."""
-    pair = run_beside_neighbour([hostile.zmq_abort()] * 3, runtime_dir, tmp_path, sandbox={"memory": "1g"})
+    cells = [f"{hostile.zmq_abort()}\n# attempt {n}" for n in range(3)]  # the same reply thrice ends a run
+    pair = run_beside_neighbour(cells, runtime_dir, tmp_path, sandbox={"memory": "1g"})
     assert_contained(pair)
     assert len(deaths(pair)) == 3
     observe(
