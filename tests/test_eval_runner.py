@@ -74,3 +74,28 @@ def test_resuming_with_other_arguments_is_refused(tmp_path):
     assert changed.returncode == 2 and "seed differ" in changed.stderr
     same = dump_free_eval("--resume")
     assert same.returncode == 0, same.stderr
+
+
+def test_the_baseline_is_cut_further_when_the_server_says_it_is_still_over_the_window(tmp_path):
+    """Seen with llama.cpp on OOLONG: records of dates and numbers hold fewer characters per token than the
+    estimate, and every base call at 2k and 8k tokens was refused (2,477 tokens for a 2,048 window)."""
+    from rlmbox import LLMContextWindowError
+
+    class Window:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        async def complete(self, model, messages, *, timeout_s=None):
+            self.sizes.append(len(messages[0]["content"]))
+            if self.sizes[-1] > 3_000:
+                raise LLMContextWindowError("the prompt is longer than the window of model 'openai/m'")
+            return Completion("yes", model, 10, 1, 0.001, 0.0, 1)
+
+    lm = Window()
+    settings = Settings(llm={"model": "openai/m", "root_window": 1500})  # about 4,500 characters
+    task = Task(id="long", query="q", context="y" * 20_000, answer="yes", scorer="exact")
+    (result,) = asyncio.run(
+        run_eval([task], task_dir=tmp_path, methods=["base"], settings=settings, out=tmp_path, lm=lm)
+    )
+    assert (result.status, result.score) == ("completed", 1.0)
+    assert lm.sizes[0] > 3_000 >= lm.sizes[-1] and lm.sizes == sorted(lm.sizes, reverse=True)

@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from rlmbox._exceptions import ConfigError
+from rlmbox._exceptions import ConfigError, LLMContextWindowError
 from rlmbox.config import Settings
 from rlmbox.evals.recording import CompletionClient
 from rlmbox.evals.scorers import score
 from rlmbox.evals.tasks import Task
 from rlmbox.files import read_regular_file
-from rlmbox.llm import LMClient, load_litellm, window_chars
+from rlmbox.llm import Completion, LMClient, load_litellm, window_chars
 from rlmbox.rlm import RLM
 from rlmbox.sandbox.pool import SandboxPool
 
@@ -45,6 +45,7 @@ __all__ = [
 Method = Literal["rlm", "base"]
 METHODS: tuple[Method, ...] = ("rlm", "base")
 RESULTS_FILE = "results.jsonl"
+BASE_FIT_ATTEMPTS = 3
 TRUNCATION_MARKER = "\n[... context truncated: the first {shown:,} of {total:,} characters are shown ...]"
 
 
@@ -179,7 +180,7 @@ async def _answer(
             model = settings.llm.model
             assert model is not None
             room = window_chars(settings.llm, model)
-            completion = await lm.complete(model, base_messages(context, task.query, room))
+            completion = await _complete_base(lm, model, context, task.query, room)
             outcome = {
                 "answer": completion.text,
                 "status": "completed",
@@ -212,6 +213,20 @@ def file_name(task_id: str) -> str:
     """A task id made safe as a file name (ids come from task files)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id)[:80].lstrip(".")
     return f"{safe}-{hashlib.sha256(task_id.encode()).hexdigest()[:8]}"
+
+
+async def _complete_base(
+    lm: CompletionClient, model: str, context: Any, query: str, room_chars: int
+) -> Completion:
+    """The baseline's call, its context cut by a quarter more each time the provider says the prompt is
+    still over the window (the window in characters is an estimate: records full of digits and dates have
+    fewer characters per token than prose)."""
+    for _ in range(BASE_FIT_ATTEMPTS):
+        try:
+            return await lm.complete(model, base_messages(context, query, room_chars))
+        except LLMContextWindowError:
+            room_chars = room_chars * 3 // 4
+    return await lm.complete(model, base_messages(context, query, room_chars))
 
 
 def base_messages(context: Any, query: str, room_chars: int) -> list[dict[str, str]]:
