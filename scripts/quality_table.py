@@ -63,19 +63,21 @@ def main() -> int:
             suite, length = key
             row = [cell([r for r in configs[c] if (r["suite"], r["length"]) == key]) for c in order]
             print(f"| {suite} | {length:,} | " + " | ".join(row) + " |")
-        print("\nPer task, mean over every task of the method (tokens: prompt and completion, all calls):\n")
-        print("| | " + " | ".join(order) + " |")
-        print("|---|" + "---:|" * len(order))
-        for label, field, form in (
-            ("tokens", "tokens", "{:,.0f}"),
-            ("model calls (root turns)", "iterations", "{:.1f}"),
-            ("sub-calls", "sub_calls", "{:.1f}"),
-            ("seconds", "elapsed_s", "{:.0f}"),
-        ):
-            values = [
-                form.format(mean(r.get(field) or 0 for r in configs[c])) if configs[c] else "-" for c in order
-            ]
-            print(f"| {label} | " + " | ".join(values) + " |")
+        for suite in sorted({suite for suite, _ in keys}):
+            print(f"\n{suite}, per task, mean (tokens: prompt and completion of every call):\n")
+            print("| | " + " | ".join(order) + " |")
+            print("|---|" + "---:|" * len(order))
+            for label, field, form in (
+                ("tokens", "tokens", "{:,.0f}"),
+                ("model calls (root turns)", "iterations", "{:.1f}"),
+                ("sub-calls", "sub_calls", "{:.1f}"),
+                ("seconds", "elapsed_s", "{:.0f}"),
+            ):
+                values = []
+                for config in order:
+                    rows = [r for r in configs[config] if r["suite"] == suite]
+                    values.append(form.format(mean(r.get(field) or 0 for r in rows)) if rows else "-")
+                print(f"| {label} | " + " | ".join(values) + " |")
         for config in order:
             if config == "base":
                 continue
