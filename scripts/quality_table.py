@@ -23,8 +23,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def failure(result: dict[str, Any]) -> str:
-    """Why an rlm run did not score, in a few words, from its result and trajectory."""
+def failure(result: dict[str, Any], folder: Path) -> str:
+    """Why an rlm run did not score, in a few words, from its result and its trajectory (in ``folder``'s
+    trajectories/, where the run wrote it or where a copy of the folder holds it)."""
     if result["status"] == "error":
         error = result.get("error") or ""
         if "same reply" in error:
@@ -32,8 +33,8 @@ def failure(result: dict[str, Any]) -> str:
         return f"error: {error.split(':')[0][:60]}"
     if result["status"] == "budget_exhausted":
         return "ran out of turns"
-    path = result.get("trajectory")
-    events = read_jsonl(Path(path)) if path and Path(path).is_file() else []
+    path = folder / "trajectories" / Path(result.get("trajectory") or "none").name
+    events = read_jsonl(path) if path.is_file() else []
     prompts = [e["prompt"]["chars"] for e in events if e["event"] == "sub_call"]
     if not prompts:
         return "answered without asking the sub-model"
@@ -51,7 +52,7 @@ def main() -> int:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(out.glob("*/*/*/results.jsonl")):
         model, config = path.parts[-4], path.parts[-3]
-        runs[model][config].extend(read_jsonl(path))
+        runs[model][config].extend({**row, "folder": path.parent} for row in read_jsonl(path))
     for model, configs in runs.items():
         order = sorted(configs, key=lambda c: (c != "base", c))
         keys = sorted({(r["suite"], r["length"]) for rs in configs.values() for r in rs})
@@ -81,7 +82,7 @@ def main() -> int:
         for config in order:
             if config == "base":
                 continue
-            missed = Counter(failure(r) for r in configs[config] if r["score"] < 1)
+            missed = Counter(failure(r, r["folder"]) for r in configs[config] if r["score"] < 1)
             if missed:
                 print(f"\n{config}: the {sum(missed.values())} runs that did not score:\n")
                 for reason, count in missed.most_common():
