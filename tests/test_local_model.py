@@ -29,20 +29,9 @@ from rlmbox.local_model.detached import (
 )
 from rlmbox.local_model.weights import AssemblyError, ModelSpec, assemble, download_and_assemble
 
+from support.cli import rlmbox
+
 SMALL = "qwen2.5-coder-0.5b"
-
-
-def rlmbox(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The ``rlmbox`` command as a user runs it, with a bare environment plus ``env``."""
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run(
-        [sys.executable, "-m", "rlmbox.cli", *args],
-        capture_output=True,
-        text=True,
-        env=base | env,
-        timeout=120,
-        check=False,
-    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, code: int, fragment: str) -> None:

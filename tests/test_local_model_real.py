@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -16,23 +13,12 @@ from rlmbox.config import LLMSettings
 from rlmbox.llm import LMClient
 from rlmbox.local_model import LocalModelServer, ProcessId, default_dir, stop_process
 
+from support.cli import rlmbox
+
 pytestmark = pytest.mark.realmodel
 
 SMALL = "qwen2.5-coder-0.5b"
 QUESTION = [{"role": "user", "content": "Write a Python function that adds two numbers. Code only."}]
-
-
-def rlmbox(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The ``rlmbox`` command as a user runs it, with a bare environment plus ``env``."""
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run(
-        [sys.executable, "-m", "rlmbox.cli", *args],
-        capture_output=True,
-        text=True,
-        env=base | env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_a_chat_completion_through_the_lm_client():
