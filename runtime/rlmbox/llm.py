@@ -64,9 +64,8 @@ _UNROUTABLE_MARKERS = ("LLM Provider NOT provided", "Unknown provider", "LiteLLM
 # vLLM, Ollama, OpenAI-compatible proxies).
 _WINDOW_MARKERS = (
     "exceeds the available context size",
-    "maximum context length",
+    "context length",  # vLLM's "maximum context length"
     "context_length_exceeded",
-    "context length",
     "prompt is too long",
     "too many tokens",
 )

@@ -24,7 +24,6 @@ from rlmbox._exceptions import (
     LLMReplyError,
     RLMBoxError,
 )
-from rlmbox.config import Settings
 from rlmbox.ledger import Charge, Ledger
 from rlmbox.llm import window_chars
 from rlmbox.parsing import (
@@ -63,8 +62,7 @@ log = structlog.get_logger(__name__)
 
 # A node cancelled this close to the tree's deadline was cancelled by a parent whose time was up.
 TIME_UP_S = 0.05
-# The same reply, with no code and no final answer, this many times in a row ends the node: it will not
-# change, and each one spends a turn.
+# The same reply this many times in a row ends the node: it will not change, and each one spends a turn.
 STUCK_REPLIES = 3
 # The root conversation is compacted once it would fill this share of the root model's window; the last
 # reply and its feedback are kept as they are.
@@ -205,6 +203,8 @@ class Node:
             max_prompt_chars=tree.settings.sandbox.max_prompt_chars,
             spawn=self._child if self.depth < limits.max_depth else None,
         )
+        root_chars, sub_chars = window_chars(llm, self.model), window_chars(llm, sub_model)
+        shown = output_chars(root_chars, limits.max_output_chars)
         messages = [
             {
                 "role": "system",
@@ -212,8 +212,8 @@ class Node:
                     self.context,
                     template=llm.system_prompt_template,
                     sub_model=sub_model,
-                    sub_model_chars=window_chars(llm, sub_model),
-                    max_output_chars=output_chars(tree.settings, self.model),
+                    sub_model_chars=sub_chars,
+                    max_output_chars=shown,
                     recursion=Recursion(depth=self.depth, max_depth=limits.max_depth),
                 ),
             },
@@ -226,7 +226,9 @@ class Node:
             return self._stopped_by(exc)
         # Nothing may fail or wait between getting the sandbox and entering it (a warm one is running).
         sandbox = await tree.sandbox_for(self.depth, self.context, router)
-        self._turns = turns = _Turns(self, router, sandbox)
+        self._turns = turns = _Turns(
+            self, router, sandbox, window=root_chars, shown=shown, chunk=chunk_chars(sub_chars)
+        )
         try:
             async with sandbox:
                 try:
@@ -300,7 +302,18 @@ class Node:
 class _Turns:
     """The turn loop of one node, with the state it keeps between turns."""
 
-    def __init__(self, node: Node, router: SubCallRouter, sandbox: SandboxBackend) -> None:
+    def __init__(
+        self,
+        node: Node,
+        router: SubCallRouter,
+        sandbox: SandboxBackend,
+        *,
+        window: int,
+        shown: int,
+        chunk: int,
+    ) -> None:
+        """``window``: the root model's window in characters; ``shown``: how much of a turn's output the model
+        reads; ``chunk``: the chunk size the prompts suggest."""
         self.node = node
         self.limits = node.tree.settings.limits
         self.ledger = node.ledger
@@ -311,10 +324,9 @@ class _Turns:
         self.restarts = 0
         self.turn = 0
         self._repeated = ("", 0)  # the last reply, and how many times in a row the model sent it
-        self.window_chars = window_chars(node.tree.settings.llm, node.model)
-        self.output_chars = output_chars(node.tree.settings, node.model)
-        llm = node.tree.settings.llm
-        self.chunk_chars = chunk_chars(window_chars(llm, llm.effective_sub_model or node.model))
+        self.window_chars = window
+        self.output_chars = shown
+        self.chunk_chars = chunk
         self._long_context = _longer_than(node.context, 2 * BLIND_PROMPT_CHARS)
 
     def turns_left(self) -> int:
@@ -552,10 +564,9 @@ def _prose(reply: str) -> str:
     return "" if looks_like_code(prose) else prose
 
 
-def output_chars(settings: Settings, model: str) -> int:
+def output_chars(window_chars: int, max_output_chars: int) -> int:
     """How much of a turn's cell output the model is shown: ``max_output_chars``, less for a small window."""
-    share = int(window_chars(settings.llm, model) * OUTPUT_SHARE)
-    return min(settings.limits.max_output_chars, max(1_000, share))
+    return min(max_output_chars, max(1_000, int(window_chars * OUTPUT_SHARE)))
 
 
 def _longer_than(context: Any, chars: int) -> bool:

@@ -37,7 +37,7 @@ _FINAL = re.compile(
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 # Words the prompts use as placeholders: FINAL(answer) names a variable, or is the prompt copied (seen with
 # Qwen2.5-Coder 0.5B), never the answer itself.
-PLACEHOLDERS = frozenset({"answer", "result", "variable_name", "name", "your_answer", "final_answer"})
+_PLACEHOLDER_WORDS = frozenset({"answer", "result", "variable_name", "name", "your_answer", "final_answer"})
 
 
 def strip_thinking(reply: str) -> str:
@@ -146,7 +146,7 @@ def _first_final(text: str, *, expressions: bool = False) -> TextFinal | None:
     if (match.group("name") or match.group("other")).upper() == "FINAL_VAR":
         name = argument.strip("'\"").strip()
         return TextFinal(variable=name) if _IDENTIFIER.fullmatch(name) else None
-    if argument.lower() in PLACEHOLDERS:
+    if argument.lower() in _PLACEHOLDER_WORDS:
         return TextFinal(variable=argument)
     if _IDENTIFIER.fullmatch(argument) and argument not in ("True", "False", "None"):
         return TextFinal(answer=argument, variable=argument)
