@@ -190,7 +190,14 @@ class InstantLM:
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
 
-    async def complete(self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None):
+    async def complete(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        timeout_s: float | None = None,
+        params: Any = None,
+    ) -> Completion:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return Completion(ANSWER, model, 1, 1, 0.0, self.delay_s, 1)

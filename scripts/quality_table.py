@@ -23,9 +23,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def trajectory(result: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
+    """The run's events, from ``folder``'s trajectories/ (where the run wrote it or where a copy of the folder
+    holds it); none when it is not there."""
+    path = folder / "trajectories" / Path(result.get("trajectory") or "none").name
+    return read_jsonl(path) if path.is_file() else []
+
+
+def resamples(result: dict[str, Any]) -> int:
+    """How many of the run's replies repeated an earlier one and were asked for again."""
+    return sum(e["event"] == "resample_call" for e in trajectory(result, result["folder"]))
+
+
 def failure(result: dict[str, Any], folder: Path) -> str:
-    """Why an rlm run did not score, in a few words, from its result and its trajectory (in ``folder``'s
-    trajectories/, where the run wrote it or where a copy of the folder holds it)."""
+    """Why an rlm run did not score, in a few words, from its result and its trajectory."""
     if result["status"] == "error":
         error = result.get("error") or ""
         if "same reply" in error:
@@ -33,8 +44,7 @@ def failure(result: dict[str, Any], folder: Path) -> str:
         return f"error: {error.split(':')[0][:60]}"
     if result["status"] == "budget_exhausted":
         return "ran out of turns"
-    path = folder / "trajectories" / Path(result.get("trajectory") or "none").name
-    events = read_jsonl(path) if path.is_file() else []
+    events = trajectory(result, folder)
     prompts = [e["prompt"]["chars"] for e in events if e["event"] == "sub_call"]
     if not prompts:
         return "answered without asking the sub-model"
@@ -72,12 +82,14 @@ def main() -> int:
                 ("tokens", "tokens", "{:,.0f}"),
                 ("model calls (root turns)", "iterations", "{:.1f}"),
                 ("sub-calls", "sub_calls", "{:.1f}"),
+                ("replies asked for again", resamples, "{:.1f}"),
                 ("seconds", "elapsed_s", "{:.0f}"),
             ):
                 values = []
                 for config in order:
                     rows = [r for r in configs[config] if r["suite"] == suite]
-                    values.append(form.format(mean(r.get(field) or 0 for r in rows)) if rows else "-")
+                    value = field if callable(field) else lambda r, f=field: r.get(f) or 0
+                    values.append(form.format(mean(value(r) for r in rows)) if rows else "-")
                 print(f"| {label} | " + " | ".join(values) + " |")
         for config in order:
             if config == "base":

@@ -13,7 +13,7 @@ from rlmbox.llm import Completion
 class Echo:
     """Answers with the last word of the prompt's context line."""
 
-    async def complete(self, model, messages, *, timeout_s=None):
+    async def complete(self, model, messages, *, timeout_s=None, params=None):
         return Completion(messages[0]["content"].split()[0], model, 10, 1, 0.001, 0.0, 1)
 
 
@@ -85,7 +85,7 @@ def test_the_baseline_is_cut_further_when_the_server_says_it_is_still_over_the_w
         def __init__(self) -> None:
             self.sizes: list[int] = []
 
-        async def complete(self, model, messages, *, timeout_s=None):
+        async def complete(self, model, messages, *, timeout_s=None, params=None):
             self.sizes.append(len(messages[0]["content"]))
             if self.sizes[-1] > 3_000:
                 raise LLMContextWindowError("the prompt is longer than the window of model 'openai/m'")

@@ -100,6 +100,23 @@ def test_null_content_becomes_empty_text(server: ScriptedOpenAIServer, script: S
     assert complete(make_client(server), "openai/root-model").text == ""
 
 
+def test_a_calls_own_params_override_the_settings_and_unsupported_ones_are_dropped(
+    server: ScriptedOpenAIServer, script: Script
+) -> None:
+    """A resampled turn sends its own temperature and seed; a model that takes no temperature but 1 (gpt-5)
+    gets the call without it rather than an error."""
+    script.add("root-model", Reply(text="a"))
+    script.add("gpt-5", Reply(text="b"))
+    client = make_client(server, completion_kwargs={"temperature": 0, "max_tokens": 50})
+
+    complete(client, "openai/root-model", params={"temperature": 0.7, "seed": 3})
+    complete(client, "openai/gpt-5", params={"temperature": 0.7, "seed": 3})
+
+    sampled, reasoning = script.requests
+    assert (sampled["temperature"], sampled["seed"], sampled["max_tokens"]) == (0.7, 3, 50)
+    assert "temperature" not in reasoning and reasoning["seed"] == 3
+
+
 def test_completion_kwargs_are_sent_and_cannot_reenable_retries(
     server: ScriptedOpenAIServer, script: Script
 ) -> None:

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from rlmbox import RLM, CellResult, LLMContextWindowError, Settings
+from rlmbox import RLM, CellResult, LLMBadRequestError, LLMContextWindowError, Settings
+from rlmbox.node import RESAMPLE_TEMPERATURE
 from rlmbox.parsing import extract_code_blocks, find_code_final, find_text_final, looks_like_code
 from rlmbox.sandbox.base import CellError
 
 from support.loop import ScriptedLM, events, fake, run
+
+
+def RESAMPLED(turn: int) -> dict:
+    """The parameters of a reply asked for again on ``turn`` because it repeated an earlier one."""
+    return {"temperature": RESAMPLE_TEMPERATURE, "seed": turn}
 
 
 @pytest.mark.parametrize(
@@ -176,6 +182,25 @@ def test_final_of_a_placeholder_word_with_no_such_variable_is_no_answer(tmp_path
     assert "[no variable named 'answer' in the REPL" in lm.calls[2][1][-1]["content"]
 
 
+@pytest.mark.parametrize(
+    "reply", ["FINAL(the answer)", 'FINAL("Your final answer")', "FINAL(...)", "final(The Result)"]
+)
+def test_final_of_a_placeholder_phrase_is_no_answer(tmp_path, reply):
+    """Seen with Qwen2.5-Coder 0.5B: ``FINAL(the answer)``, copied from a note that once showed that form.
+    A placeholder phrase is read as the variable it stands for; with none, the model is told, and the note
+    itself shows no form to copy."""
+    result, lm, _ = run(tmp_path, ["144", reply, "FINAL(4217)"])
+    assert (result.status, result.answer) == ("completed", "4217")
+    note = lm.calls[2][1][-1]["content"]
+    assert "in the REPL: set it first, or put the answer itself between the parentheses of FINAL()]" in note
+
+
+def test_final_of_a_placeholder_phrase_gives_the_variable_it_names(tmp_path):
+    handler = fake(lambda code: CellResult(final="4217") if "FINAL_VAR('answer')" in code else CellResult())
+    result, _, _ = run(tmp_path, ["```repl\nanswer = 4217\n```", "FINAL(the answer)"], handler)
+    assert (result.status, result.answer) == ("completed", "4217")
+
+
 def test_final_in_the_wrong_case_inside_code_gets_a_hint(tmp_path):
     """In a code cell, ``Final(...)`` is a NameError: the feedback says how it is spelled."""
 
@@ -192,22 +217,64 @@ def test_final_in_the_wrong_case_inside_code_gets_a_hint(tmp_path):
 
 
 def test_the_same_unusable_reply_three_times_ends_the_run_with_a_clear_error(tmp_path):
-    """A small model that keeps sending the same prose does not spend the whole budget silently."""
+    """A small model that keeps sending the same prose does not spend the whole budget silently; each repeat
+    is first asked for again, sampled."""
     result, lm, _ = run(tmp_path, ["I need more information."] * 10, max_iterations=30)
     assert result.status == "error" and result.error_type == "LLMReplyError"
     assert "the same reply 3 times in a row" in result.error
     assert result.answer == "I need more information."  # what it did say is kept
-    assert len(lm.calls) == 3
+    assert lm.params == [None, None, RESAMPLED(2), None, RESAMPLED(3)]
 
 
 def test_the_same_reply_with_code_again_gets_a_note_and_a_third_time_ends_the_run(tmp_path):
-    """Seen with Qwen2.5-Coder 1.5B: the same cell, turn after turn, for all 30 turns."""
+    """Seen with Qwen2.5-Coder 1.5B: the same cell, turn after turn, for all 30 turns (and, sampled, the same
+    cell again)."""
     same = "```repl\nprint(context[:300])\n```"
-    result, lm, sandbox = run(tmp_path, [same, same, same, "FINAL('never read')"])
+    result, lm, sandbox = run(tmp_path, [same] * 5 + ["FINAL('never read')"])
     assert "exactly the same as the one before" not in lm.calls[1][1][-1]["content"]
-    assert "exactly the same as the one before" in lm.calls[2][1][-1]["content"]
+    assert "exactly the same as the one before" in lm.calls[3][1][-1]["content"]  # turn 3, after a resample
     assert result.status == "error" and "the same reply 3 times in a row" in result.error
     assert len(sandbox.cells) == 2  # the third copy is not run
+
+
+def test_a_repeated_reply_is_asked_for_again_sampled_and_the_new_reply_is_used(tmp_path):
+    """Seen with Qwen2.5-Coder 1.5B at temperature 0: the same blind llm_query after the note that showed how
+    to pass the chunks. The repeat is not run; the model is asked again at a temperature with the turn as
+    seed (so a recorded run replays), and the trajectory keeps both replies."""
+    blind = '```repl\nprint(llm_query("What is the number?"))\n```'
+    chunked = "```repl\nanswers = [llm_query(c) for c in chunks]\n```"
+    result, lm, sandbox = run(tmp_path, [blind, blind, chunked, "FINAL(7)"])
+    assert (result.status, result.answer) == ("completed", "7")
+    assert lm.params == [None, None, RESAMPLED(2), None]
+    assert [cell.split("\n")[0] for cell in sandbox.cells] == [
+        'print(llm_query("What is the number?"))',
+        "answers = [llm_query(c) for c in chunks]",
+    ]
+    assert lm.calls[3][1][-2]["content"] == chunked  # the model reads the reply that ran, not the repeat
+    assert all("exactly the same" not in call[1][-1]["content"] for call in lm.calls)
+    kinds = [(e["event"], e.get("iteration")) for e in events(result) if e["event"].endswith("_call")]
+    assert kinds == [("root_call", 1), ("root_call", 2), ("resample_call", 2), ("root_call", 3)]
+    (resample,) = [e for e in events(result) if e["event"] == "resample_call"]
+    assert resample["params"] == RESAMPLED(2) and resample["reply"] == chunked
+
+
+def test_a_reply_that_cycles_back_to_an_earlier_one_is_resampled(tmp_path):
+    """Seen with Qwen2.5-Coder 0.5B: a made-up number, then ``Final(answer)``, then the number again, turn
+    after turn; three in a row never happen, so only a repeat of any earlier reply catches the cycle."""
+    result, lm, _ = run(tmp_path, ["144", "Final(answer)", "144", "```repl\nx = 1\n```", "FINAL(2)"])
+    assert (result.status, result.answer) == ("completed", "2")
+    assert lm.params == [None, None, None, RESAMPLED(3), None]
+
+
+def test_a_provider_that_refuses_the_sampling_keeps_the_first_reply(tmp_path):
+    """Some models take no temperature (or reject it although litellm lists it): the repeat then stands and
+    is noted as before, and the run goes on."""
+    same = "```repl\nx = 1\n```"
+    refused = LLMBadRequestError("temperature is deprecated for this model")
+    result, lm, sandbox = run(tmp_path, [same, same, refused, "FINAL(1)"])
+    assert (result.status, result.answer) == ("completed", "1")
+    assert "exactly the same as the one before" in lm.calls[3][1][-1]["content"]
+    assert len(sandbox.cells) == 2
 
 
 def test_different_unusable_replies_are_each_reminded(tmp_path):
@@ -225,7 +292,7 @@ def test_the_feedback_carries_no_durations_so_recorded_runs_replay(tmp_path):
 
 
 def test_empty_replies_three_times_end_the_run(tmp_path):
-    result, _, _ = run(tmp_path, [None, "", None, "FINAL(late)"])
+    result, _, _ = run(tmp_path, [None, "", None, "", None, "FINAL(late)"])  # each repeat resampled, empty
     assert result.status == "error" and result.error_type == "LLMReplyError"
 
 
@@ -239,14 +306,14 @@ def test_a_long_conversation_is_compacted_into_the_models_own_summary(tmp_path):
     class Model(ScriptedLM):
         """Runs six steps, summarizes when asked, then answers."""
 
-        async def complete(self, model, messages, *, timeout_s=None):
+        async def complete(self, model, messages, *, timeout_s=None, params=None):
             asked = str(messages[-1]["content"])
             steps = len(sandbox.cells)  # the REPL, not the conversation, knows how far it got
             if "Write a short summary" in asked:
                 self.replies = [f"Summary: step_1..step_{steps} are set; go on."]
             else:
                 self.replies = [f"```repl\nstep_{steps + 1} = 1\n```" if steps < 6 else "FINAL('done')"]
-            return await super().complete(model, messages, timeout_s=timeout_s)
+            return await super().complete(model, messages, timeout_s=timeout_s, params=params)
 
     sandbox = fake(lambda code: CellResult(stdout="x" * 3000 + "\n"))  # long outputs fill the window fast
     lm = Model([])
@@ -382,5 +449,5 @@ def test_unfenced_code_is_never_the_partial_answer(tmp_path):
     """Seen with Qwen2.5-Coder 0.5B on OOLONG: the same unfenced code three times; the run's answer was
     that code, and the scorer gave it partial credit."""
     code = "type(context), len(context)\nprint(context[:300])"
-    result, _, _ = run(tmp_path, ["The labels are counted below.", code, code, code])
+    result, _, _ = run(tmp_path, ["The labels are counted below.", *[code] * 5])  # resampled: the same
     assert result.status == "error" and result.answer == "The labels are counted below."

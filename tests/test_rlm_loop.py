@@ -230,7 +230,7 @@ def test_the_first_import_of_litellm_is_not_charged_to_the_run(tmp_path):
         from rlmbox.llm import Completion
 
         class LM:
-            async def complete(self, model, messages, *, timeout_s=None):
+            async def complete(self, model, messages, *, timeout_s=None, params=None):
                 return Completion("FINAL(on time)", model, 1, 1, 0.0, 0.0, 1)
 
         assert "litellm" not in sys.modules

@@ -20,7 +20,7 @@ class FakeLM:
         self.in_flight = self.peak = 0
         self.started = asyncio.Event()
 
-    async def complete(self, model, messages, *, timeout_s=None):
+    async def complete(self, model, messages, *, timeout_s=None, params=None):
         prompt = messages[-1]["content"]
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)

@@ -185,3 +185,25 @@ def test_a_note_without_a_turn_joins_the_last_turn(tmp_path):
     (node,) = build_view(events)["nodes"]
     assert [t["iteration"] for t in node["turns"]] == [1, 2]
     assert node["turns"][1]["notes"] == ["FINAL_VAR('x'): found"]
+
+
+def test_a_resampled_reply_shows_with_the_first_in_a_note_and_both_calls_counted(tmp_path):
+    events, _ = read_events(
+        write(
+            tmp_path / "t.jsonl",
+            {"event": "root_call", "iteration": 2, "reply": "same", "prompt_tokens": 10, "duration_s": 1.0},
+            {
+                "event": "resample_call",
+                "iteration": 2,
+                "reply": "new",
+                "prompt_tokens": 12,
+                "duration_s": 2.0,
+                "params": {"temperature": 0.7, "seed": 2},
+            },
+        )
+    )
+    ((turn,),) = [node["turns"] for node in build_view(events)["nodes"]]
+    assert turn["reply"] == "new" and (turn["tokens"], turn["seconds"]) == (22, 3.0)
+    assert turn["notes"] == [
+        "the reply repeated an earlier one and was asked for again (seed 2, temperature 0.7): same"
+    ]

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -290,12 +291,18 @@ class LMClient:
         self._api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
 
     async def complete(
-        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        timeout_s: float | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Completion:
         """Ask ``model`` for one answer, retrying transient failures; raises an ``LLMError`` subclass.
 
         ``timeout_s`` tightens the per-attempt limit for this call (e.g. to a run's remaining time);
-        ``settings.request_timeout_s`` always applies.
+        ``settings.request_timeout_s`` always applies. ``params`` (sampling parameters for this call alone)
+        override the settings' ``completion_kwargs``; those a provider does not take are dropped.
 
         ``rlmbox-demo/...`` models (the scripted offline policy) are registered with litellm on first use.
         """
@@ -306,6 +313,8 @@ class LMClient:
         if timeout <= 0:
             raise LLMTimeoutError(f"no time left to call model {model!r}")
         kwargs = self._call_kwargs(model, messages, timeout)
+        if params:
+            kwargs.update(params, drop_params=True)
         started = time.monotonic()
         attempt = 0
         while True:

@@ -36,8 +36,18 @@ _FINAL = re.compile(
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 # Words the prompts use as placeholders: FINAL(answer) names a variable, or is the prompt copied (seen with
-# Qwen2.5-Coder 0.5B), never the answer itself.
+# Qwen2.5-Coder 0.5B), never the answer itself; so are "the answer", "your final answer" and "...".
 _PLACEHOLDER_WORDS = frozenset({"answer", "result", "variable_name", "name", "your_answer", "final_answer"})
+_PLACEHOLDER_ARTICLE = re.compile(r"^(?:the|your)\s+", re.IGNORECASE)
+
+
+def _placeholder(argument: str) -> str | None:
+    """The placeholder word ``FINAL(argument)`` copies, as a variable name (``the answer`` -> ``answer``)."""
+    words = _PLACEHOLDER_ARTICLE.sub("", argument.strip().strip("'\"").strip())
+    if words in ("...", "…"):
+        return "answer"
+    name = re.sub(r"\s+", "_", words).lower()
+    return name if name in _PLACEHOLDER_WORDS else None
 
 
 def strip_thinking(reply: str) -> str:
@@ -148,6 +158,8 @@ def _first_final(text: str, *, expressions: bool = False) -> TextFinal | None:
         return TextFinal(variable=name) if _IDENTIFIER.fullmatch(name) else None
     if argument.lower() in _PLACEHOLDER_WORDS:
         return TextFinal(variable=argument)
+    if (placeholder := _placeholder(argument)) is not None:
+        return TextFinal(variable=placeholder)
     if _IDENTIFIER.fullmatch(argument) and argument not in ("True", "False", "None"):
         return TextFinal(answer=argument, variable=argument)
     literal = _literal(argument)

@@ -22,9 +22,11 @@ class ScriptedLM:
     def __init__(self, replies: list[Reply]) -> None:
         self.replies = list(replies)
         self.calls: list[tuple[str, list[dict[str, str]]]] = []
+        self.params: list[dict | None] = []  # each call's own parameters
 
-    async def complete(self, model, messages, *, timeout_s=None):
+    async def complete(self, model, messages, *, timeout_s=None, params=None):
         self.calls.append((model, [dict(m) for m in messages]))
+        self.params.append(params)
         reply = self.replies.pop(0) if self.replies else "still thinking"
         if isinstance(reply, Exception):
             raise reply

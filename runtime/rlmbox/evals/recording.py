@@ -1,7 +1,8 @@
 """Record and replay model calls, so that an evaluation can run again offline, bit for bit.
 
-Each answer is stored as one JSON file named by the SHA-256 of (model, messages, parameters); the API key
-and base URL are not part of the key (they do not change the answer) and never stored.
+Each answer is stored as one JSON file named by the SHA-256 of (model, messages, parameters, and the
+parameters of that call alone when it had any); the API key and base URL are not part of the key (they do not
+change the answer) and never stored.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +26,12 @@ __all__ = ["CompletionClient", "RecordingLMClient", "ReplayMiss"]
 
 class CompletionClient(Protocol):
     async def complete(
-        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        timeout_s: float | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Completion: ...
 
 
@@ -47,14 +54,21 @@ class RecordingLMClient:
         self._replay = replay
         self.hits = self.misses = 0
 
-    def key(self, model: str, messages: list[dict[str, str]]) -> str:
-        material = json.dumps({"model": model, "messages": messages, "params": self._params}, sort_keys=True)
-        return hashlib.sha256(material.encode()).hexdigest()
+    def key(self, model: str, messages: list[dict[str, str]], params: Mapping[str, Any] | None = None) -> str:
+        material: dict[str, Any] = {"model": model, "messages": messages, "params": self._params}
+        if params:  # absent otherwise: recordings made before calls had parameters of their own still match
+            material["call_params"] = dict(params)
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
     async def complete(
-        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        timeout_s: float | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Completion:
-        key = self.key(model, messages)
+        key = self.key(model, messages, params)
         path = self._directory / key[:2] / f"{key}.json"
         recorded = await asyncio.to_thread(_read_recorded, path)
         if recorded is not None:
@@ -63,7 +77,7 @@ class RecordingLMClient:
         if self._replay or self._inner is None:
             raise ReplayMiss(f"no recorded answer for this call to {model} (key {key[:16]}); record it first")
         self.misses += 1
-        completion = await self._inner.complete(model, messages, timeout_s=timeout_s)
+        completion = await self._inner.complete(model, messages, timeout_s=timeout_s, params=params)
         text = json.dumps(dataclasses.asdict(completion), ensure_ascii=False)
         await asyncio.to_thread(_write_atomically, path, text)
         return completion

@@ -260,6 +260,23 @@ def _root_call(tree: _Tree, node_id: str, event: Event) -> None:
     )
 
 
+def _resample_call(tree: _Tree, node_id: str, event: Event) -> None:
+    """The reply repeated an earlier one and was asked for again: the turn shows the new reply, a note the
+    first, and counts both calls."""
+    turn = tree.turn(node_id, event.get("iteration"))
+    params = event.get("params") if isinstance(event.get("params"), dict) else {}
+    sampling = ", ".join(f"{key} {_text(value)}" for key, value in sorted(params.items()))
+    first = _text(turn.get("reply")) or ""
+    turn["notes"].append(
+        f"the reply repeated an earlier one and was asked for again ({sampling}): {first[:300]}"
+    )
+    spent = {key: turn.get(key) for key in ("prompt_tokens", "completion_tokens", "cost_usd", "duration_s")}
+    _root_call(tree, node_id, event)
+    for key, before in spent.items():
+        if before is not None:
+            turn[key] = _total([before, turn.get(key)])
+
+
 def _cell(tree: _Tree, node_id: str, event: Event) -> None:
     tree.cell(node_id, event.get("iteration"), event.get("index")).update(
         code=_text(event.get("code")),
@@ -304,6 +321,7 @@ _HANDLERS: dict[str, Callable[[_Tree, str, Event], None]] = {
     "node_finished": _node_finished,
     "system_prompt": _system_prompt,
     "root_call": _root_call,
+    "resample_call": _resample_call,
     "cell": _cell,
     "sub_call": _sub_call,
     "kernel_died": _note,
