@@ -84,6 +84,8 @@ def test_a_small_model_run_ends_well_whatever_it_writes(small, runtime_dir, tmp_
         "How many coins does the box on line 120 hold?",
         "--max-iterations",
         "6",
+        "--max-time",
+        "180",  # on a busy machine the run, not the test's timeout, must end it (as budget_exhausted)
     )
     assert_well_ended(code, result, events, runtime_dir)
 
