@@ -42,8 +42,11 @@ _PLACEHOLDER_ARTICLE = re.compile(r"^(?:the|your)\s+", re.IGNORECASE)
 
 
 def _placeholder(argument: str) -> str | None:
-    """The placeholder word ``FINAL(argument)`` copies, as a variable name (``the answer`` -> ``answer``)."""
-    words = _PLACEHOLDER_ARTICLE.sub("", argument.strip().strip("'\"").strip())
+    """The placeholder word ``FINAL(argument)`` copies, as a variable name: the argument as written when it is
+    one (``Result``), else the word it stands for (``the answer`` -> ``answer``)."""
+    if argument.lower() in _PLACEHOLDER_WORDS:
+        return argument
+    words = _PLACEHOLDER_ARTICLE.sub("", argument.strip("'\"").strip())
     if words in ("...", "…"):
         return "answer"
     name = re.sub(r"\s+", "_", words).lower()
@@ -156,8 +159,6 @@ def _first_final(text: str, *, expressions: bool = False) -> TextFinal | None:
     if (match.group("name") or match.group("other")).upper() == "FINAL_VAR":
         name = argument.strip("'\"").strip()
         return TextFinal(variable=name) if _IDENTIFIER.fullmatch(name) else None
-    if argument.lower() in _PLACEHOLDER_WORDS:
-        return TextFinal(variable=argument)
     if (placeholder := _placeholder(argument)) is not None:
         return TextFinal(variable=placeholder)
     if _IDENTIFIER.fullmatch(argument) and argument not in ("True", "False", "None"):
